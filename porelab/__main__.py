@@ -1,0 +1,3 @@
+from porelab.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""The ``porelab`` command line. Thin: parse, call a porelab function, print.
+
+Commands live in small modules under ``porelab.cli`` and are imported only when used, so ``porelab --help``
+stays fast. Every error a user can cause is printed as one line (``porelab: error: …``) with exit status 2;
+set ``PORELAB_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+# command name -> (module, attribute, one-line help shown by `porelab --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "info": ("porelab.cli.scan_cmds", "info", "Shape, dtype, spacing and value range of a scan."),
+    "label": ("porelab.cli.scan_cmds", "label", "Algorithm 1 heuristic pore labels (Otsu, flood fill)."),
+    "report": ("porelab.cli.scan_cmds", "report", "Per-pore table, porosity % and plots from a mask."),
+    "simulate": ("porelab.cli.sim_cmds", "simulate", "Simulated CT dataset of AM parts with exact truth."),
+    "degrade": ("porelab.cli.sim_cmds", "degrade", "Re-scan with fewer projections / lower exposure."),
+    "train": ("porelab.cli.engine_cmds", "train", "Train one network on a dataset; save a model folder."),
+    "segment": ("porelab.cli.engine_cmds", "segment", "Segment pores in a scan with a model."),
+    "evaluate": ("porelab.cli.eval_cmds", "evaluate", "AP, ROC-AUC, Dice of a score volume against truth."),
+    "complexity": ("porelab.cli.eval_cmds", "complexity", "Parameters, MACs and memory of the ten nets."),
+    "search": ("porelab.cli.automl_cmds", "search", "The whole AutoML pipeline (MLflow + Optuna)."),
+    "cv": ("porelab.cli.automl_cmds", "cv", "Cross-validate one network configuration."),
+    "pseudolabel": ("porelab.cli.automl_cmds", "pseudolabel", "Pseudo-labels from a registered model."),
+    "retrain": ("porelab.cli.automl_cmds", "retrain", "Supervised study on pseudo-labels; register."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use, and whose errors are one line."""
+
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:  # a command whose module is missing stays listed
+            @click.command(name=name, help=COMMANDS[name][2])
+            def unavailable():
+                raise click.ClickException(f"'{name}' is unavailable: {exc}")
+
+            return unavailable
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        from porelab.errors import PorelabError
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("porelab: interrupted", err=True)
+            sys.exit(130)
+        except PorelabError as exc:
+            if os.environ.get("PORELAB_DEBUG"):
+                raise
+            click.echo(f"porelab: error: {_one_line(exc)}", err=True)
+            sys.exit(2)
+        except (OSError, MemoryError, ValueError, RuntimeError) as exc:
+            if os.environ.get("PORELAB_DEBUG"):
+                raise
+            click.echo(f"porelab: error: {type(exc).__name__}: {_one_line(exc)} "
+                       "(set PORELAB_DEBUG=1 for the traceback)", err=True)
+            sys.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="porelab")
+def main():
+    """porelab: find pores in X-ray CT scans of 3D-printed metal parts, voxel by voxel.
+
+    Arrays are (z, y, x) and spacing is in millimetres (z, y, x) throughout.
+
+    \b
+    Typical session:
+      porelab simulate data --preset quick          # five cylinders + a hard cube, with truth
+      porelab label data/cyl1_scan.npy -o cyl1_lab.npy
+      porelab report cyl1_lab.npy --volume data/cyl1_scan.npy -o cyl1_report
+      mlflow run . -e search --env-manager local     # the whole AutoML pipeline
+      porelab segment scan.tif -o out --model porelab-supervised
+    """
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

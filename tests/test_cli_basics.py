@@ -1,0 +1,19 @@
+"""The command line's shape: every command has --help, unknown commands fail cleanly."""
+
+from click.testing import CliRunner
+
+from porelab.cli import COMMANDS, main
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    for name in COMMANDS:
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "Usage:" in result.output
+
+
+def test_unknown_command_is_one_line_error():
+    result = CliRunner().invoke(main, ["no-such-command"])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
