@@ -1,0 +1,296 @@
+"""The unsupervised anomaly score and the paper's surface compensation (Iuso et al. 2024, Sect. 3.4).
+
+A VAE reconstructs the smooth interior of a part well but never its surface, so the raw anomaly score
+``A = |x − x̂|`` is high along the whole skin of the part. The paper suppresses that band by subtracting a
+blurred map of the reconstruction's derivatives::
+
+    D        = |∂x V̂| + |∂y V̂| + |∂z V̂|                                   (Sect. 3.4)
+    A_pores  = max(0, A − λ* G_σ*(D))                                         eq. (2)
+    λ*, σ*   = argmin_{λ>0, σ>0} mean |A − λ G_σ(D)|                          eq. (3)
+
+How porelab solves eq. (3)
+--------------------------
+For a fixed σ the objective ``Σ_i |a_i − λ g_i|`` (``g = G_σ(D) ≥ 0``) equals ``Σ_i g_i |a_i/g_i − λ|`` plus
+a constant (voxels with ``g_i = 0``), so its minimiser is the **weighted median** of ``a_i / g_i`` with
+weights ``g_i``: exact, no iterative optimiser. What is left is a 1-D search over σ: a log-spaced grid
+(0.25 … 16 voxels, ratio 2) followed by golden-section refinement in log σ around the best grid point. Each
+step blurs the whole ``D`` once (the expensive part) and solves λ on a random subsample of voxels.
+
+The subsample (``n_sample = 2·10⁶`` voxels by default, drawn with a fixed seed) makes the weighted median
+cheap on 10⁸-10⁹ voxel scans; ``benchmarks/postprocess.py`` reports λ from 2·10⁵, 2·10⁶ and all voxels
+on the same volume, and ``tests/test_postprocess.py`` checks that the subsample moves λ by < 1 %.
+
+The public code of the paper does not contain this function (see ``paper-code-facts.md`` §6); its YAMLs
+carry fixed ``pars: [2.43, 5.98]``, presumably λ and σ. porelab always optimises on the fly, as the
+paper's text says, and returns the values it found so that they can be logged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_N_SAMPLE",
+    "DEFAULT_SIGMAS",
+    "anomaly_map",
+    "derivative_sum",
+    "fit_lambda",
+    "surface_compensation",
+    "weighted_median",
+]
+
+#: the σ grid (voxels) searched before golden-section refinement
+DEFAULT_SIGMAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+#: voxels drawn (with a fixed seed) to solve λ for each σ
+DEFAULT_N_SAMPLE = 2_000_000
+_SLAB_VOXELS = 1 << 22   # planes per slab chosen so a slab holds about 4 M voxels (16 MB float32)
+
+
+def anomaly_map(x, x_hat, *, out=None) -> np.ndarray:
+    """Voxel-wise anomaly score ``A = |x − x̂|`` as float32 (Iuso et al. 2024, Sect. 3.2 / 3.4).
+
+    Parameters
+    ----------
+    x, x_hat : array_like (z, y, x)
+        The (normalised) scan and the net's deterministic reconstruction, same shape.
+    out : np.ndarray float32, optional
+        Where to write the result (may be ``x_hat`` itself to save memory, or a memmap).
+
+    Returns
+    -------
+    np.ndarray float32, same shape.
+    """
+    x = np.asarray(x)
+    x_hat = np.asarray(x_hat)
+    if x.shape != x_hat.shape:
+        raise ValueError(f"anomaly_map: shapes differ: x {x.shape} vs x_hat {x_hat.shape}")
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float32)
+    for sl in _slabs(x.shape):
+        np.subtract(x[sl], x_hat[sl], out=out[sl], dtype=np.float32, casting="unsafe")
+        np.abs(out[sl], out=out[sl])
+    return out
+
+
+def derivative_sum(v_hat, *, out=None) -> np.ndarray:
+    """``D = |∂x V̂| + |∂y V̂| + |∂z V̂|`` (Iuso et al. 2024, Sect. 3.4), float32.
+
+    The derivatives are ``np.gradient``'s: second-order central differences ``(v[i+1] − v[i−1]) / 2`` inside,
+    first-order one-sided differences at the array's faces, unit voxel spacing. An axis of length 1 has
+    zero derivative. Computed slab by slab along z (one-plane halo), so the temporaries are one slab, not
+    three full-size gradient volumes; the result equals the full-volume ``np.gradient`` exactly.
+    """
+    v_hat = np.asarray(v_hat) if not isinstance(v_hat, np.memmap) else v_hat
+    shape = v_hat.shape
+    if len(shape) != 3:
+        raise ValueError(f"derivative_sum expects a 3-D volume, got shape {shape}")
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    nz = shape[0]
+    for sl in _slabs(shape):
+        z0, z1 = sl.start, sl.stop
+        h0, h1 = max(z0 - 1, 0), min(z1 + 1, nz)
+        sub = np.asarray(v_hat[h0:h1], dtype=np.float32)
+        acc = out[z0:z1]
+        acc[...] = 0
+        for axis in range(3):
+            if shape[axis] < 2:
+                continue
+            g = np.gradient(sub, axis=axis)[z0 - h0: z0 - h0 + (z1 - z0)]
+            np.abs(g, out=g)
+            acc += g
+    return out
+
+
+def weighted_median(values, weights) -> float:
+    """The minimiser of ``Σ w_i |v_i − m|``: the smallest ``v_k`` whose cumulative weight reaches half the total.
+
+    ``weights`` must be ≥ 0 with a positive sum.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    if not cum[-1] > 0:
+        raise ValueError("weighted_median: the weights sum to zero")
+    k = int(np.searchsorted(cum, 0.5 * cum[-1], side="left"))
+    return float(values[order][min(k, values.size - 1)])
+
+
+def fit_lambda(a, g) -> tuple[float, float]:
+    """L1-optimal scale ``λ = argmin_{λ>0} mean |a − λ g|`` and the objective's value there (eq. 3, σ fixed).
+
+    ``λ`` is the weighted median of ``a/g`` with weights ``g`` over the voxels where ``g > 0`` (exact).
+    If that median is 0 the infimum over λ > 0 is approached as λ → 0; the smallest positive float32 is
+    returned so that λ stays > 0 as the paper requires.
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    g = np.asarray(g, dtype=np.float64).ravel()
+    pos = g > 0
+    if not pos.any():
+        return float(np.finfo(np.float32).tiny), float(np.mean(np.abs(a)))
+    lam = weighted_median(a[pos] / g[pos], g[pos])
+    lam = max(lam, float(np.finfo(np.float32).tiny))
+    return lam, float(np.mean(np.abs(a - lam * g)))
+
+
+def surface_compensation(A, V_hat, *, sigmas=None, mask=None, n_sample: int = DEFAULT_N_SAMPLE,
+                         refine: int = 6, seed: int = 0, truncate: float = 4.0, out=None,
+                         return_info: bool = False):
+    """Suppress the surface band of an anomaly score (Iuso et al. 2024, eq. (2)-(3)).
+
+    Parameters
+    ----------
+    A : array_like float (z, y, x)
+        Anomaly score ``|x − x̂|`` (see :func:`anomaly_map`); may be a memmap. Not modified.
+    V_hat : array_like float (z, y, x)
+        The reconstruction x̂ (same shape). Not modified.
+    sigmas : sequence of float, optional
+        σ values (voxels) to try. ``None`` (default): the grid ``DEFAULT_SIGMAS`` followed by ``refine``
+        golden-section steps in log σ around the best grid point. Given: exactly these values (a single
+        value fixes σ; only λ is optimised), no refinement.
+    mask : array_like bool, optional
+        Voxels used to *fit* λ and σ (e.g. the object mask plus a margin). The output covers every voxel.
+    n_sample : int
+        Voxels drawn at random (seed ``seed``, with replacement, then de-duplicated) to solve λ for each σ;
+        all voxels are used when the volume (or mask) is smaller.
+    refine : int
+        Golden-section steps after the grid (each costs one full blur).
+    truncate : float
+        Gaussian kernel radius in σ (scipy's default 4).
+    out : np.ndarray float32, optional
+        Buffer (e.g. a memmap) for the result; must not be ``A`` or ``V_hat``.
+    return_info : bool
+        Also return a dict with the objective at every σ tried.
+
+    Returns
+    -------
+    A_pores : np.ndarray float32
+        ``max(0, A − λ* G_σ*(D))``, ≥ 0.
+    lam, sigma : float
+        λ* > 0 and σ* > 0 (voxels).
+    info : dict, only if ``return_info``.
+
+    Notes
+    -----
+    Memory: besides the inputs, two float32 volumes (``D`` and the blur buffer, which becomes the result).
+    The Gaussian blur is ``scipy.ndimage.gaussian_filter`` (separable, float32, ``mode="nearest"``).
+    Time: one full blur per σ tried (7 grid + ``refine`` steps); see ``benchmarks/postprocess.py``.
+
+    References
+    ----------
+    Iuso D. et al. (2024), Sect. 3.4, eq. (2) and (3).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    shape = np.shape(A)
+    if np.shape(V_hat) != shape:
+        raise ValueError(f"surface_compensation: A {shape} and V_hat {np.shape(V_hat)} differ in shape")
+    if len(shape) != 3:
+        raise ValueError(f"surface_compensation expects 3-D volumes, got shape {shape}")
+    if mask is not None and np.shape(mask) != shape:
+        raise ValueError(f"surface_compensation: mask {np.shape(mask)} and A {shape} differ in shape")
+    if sigmas is not None:
+        sigmas = [float(s) for s in np.atleast_1d(sigmas)]
+        if not sigmas or min(sigmas) <= 0:
+            raise ValueError(f"surface_compensation: sigmas must be > 0, got {sigmas}")
+
+    D = derivative_sum(V_hat)
+    G = np.empty(shape, dtype=np.float32) if out is None else out
+    idx = _sample_indices(shape, mask, n_sample, seed)
+    a_s = _take(A, idx)
+
+    tried: dict[float, tuple[float, float]] = {}
+
+    def evaluate(sigma: float) -> float:
+        sigma = float(sigma)
+        if sigma not in tried:
+            gaussian_filter(D, sigma, output=G, mode="nearest", truncate=truncate)
+            tried[sigma] = fit_lambda(a_s, G.reshape(-1)[idx])
+        return tried[sigma][1]
+
+    grid = list(DEFAULT_SIGMAS) if sigmas is None else sigmas
+    for s in grid:
+        evaluate(s)
+    if sigmas is None and refine > 0:
+        best = min(range(len(grid)), key=lambda i: tried[grid[i]][1])
+        lo = math.log(grid[max(best - 1, 0)])
+        hi = math.log(grid[min(best + 1, len(grid) - 1)])
+        _golden(lambda t: evaluate(math.exp(t)), lo, hi, refine)
+
+    sigma = min(tried, key=lambda s: tried[s][1])
+    lam = tried[sigma][0]
+    # final: G = G_σ*(D), then G ← max(0, A − λ G) in place, slab by slab (A may be a memmap)
+    gaussian_filter(D, sigma, output=G, mode="nearest", truncate=truncate)
+    D = None  # free it before the final pass
+    for sl in _slabs(shape):
+        g = G[sl]
+        g *= -lam
+        g += np.asarray(A[sl], dtype=np.float32)
+        np.maximum(g, 0, out=g)
+    if return_info:
+        info = {"objective": {s: v[1] for s, v in sorted(tried.items())},
+                "lambda": {s: v[0] for s, v in sorted(tried.items())}, "n_sample": int(idx.size)}
+        return G, lam, sigma, info
+    return G, lam, sigma
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _slabs(shape, max_voxels: int | None = None):
+    max_voxels = _SLAB_VOXELS if max_voxels is None else max_voxels
+    plane = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    step = max(1, max_voxels // max(plane, 1))
+    for z0 in range(0, shape[0], step):
+        yield slice(z0, min(z0 + step, shape[0]))
+
+
+def _sample_indices(shape, mask, n_sample: int, seed: int) -> np.ndarray:
+    """Sorted flat indices of at most ``n_sample`` distinct voxels (inside ``mask`` if given)."""
+    n = int(np.prod(shape))
+    rng = np.random.default_rng(seed)
+    if mask is None:
+        if n <= n_sample:
+            return np.arange(n)
+        return np.unique(rng.integers(0, n, size=n_sample))
+    flat_mask = np.asarray(mask).reshape(-1) if not isinstance(mask, np.memmap) else mask.reshape(-1)
+    n_in = sum(int(np.count_nonzero(np.asarray(mask[sl]))) for sl in _slabs(shape))
+    if n_in == 0:
+        raise ValueError("surface_compensation: the fitting mask is empty")
+    if n_in <= n_sample:
+        return np.flatnonzero(np.asarray(mask).reshape(-1))
+    # rejection sampling keeps memory at O(n_sample) for huge volumes
+    chosen: list[np.ndarray] = []
+    need = n_sample
+    for _ in range(64):
+        cand = np.unique(rng.integers(0, n, size=int(need * n / n_in * 1.2) + 16))
+        chosen.append(cand[np.asarray(flat_mask[cand], dtype=bool)])
+        need -= chosen[-1].size
+        if need <= 0:
+            break
+    return np.unique(np.concatenate(chosen))
+
+
+def _take(arr, idx) -> np.ndarray:
+    flat = arr.reshape(-1) if isinstance(arr, np.ndarray) else np.asarray(arr).reshape(-1)
+    return np.asarray(flat[idx], dtype=np.float32)
+
+
+def _golden(f, lo: float, hi: float, steps: int) -> None:
+    """Golden-section minimisation of ``f`` on ``[lo, hi]`` with ``steps`` new evaluations (results cached by f)."""
+    if hi <= lo:
+        return
+    r = (math.sqrt(5) - 1) / 2
+    c, d = hi - r * (hi - lo), lo + r * (hi - lo)
+    fc, fd = f(c), f(d)
+    for _ in range(max(steps - 2, 0)):
+        if fc <= fd:
+            hi, d, fd = d, c, fc
+            c = hi - r * (hi - lo)
+            fc = f(c)
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + r * (hi - lo)
+            fd = f(d)

@@ -1,0 +1,126 @@
+"""Anomaly score and the eq. (2)-(3) surface compensation on a synthetic part with a sharp skin and pores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+from sklearn.metrics import average_precision_score
+
+from porelab import postprocess
+from porelab.postprocess import (
+    anomaly_map,
+    derivative_sum,
+    fit_lambda,
+    surface_compensation,
+    weighted_median,
+)
+
+
+def synthetic_part(n=48, seed=0, n_pores=8):
+    """A cylinder (0.8) with a sharp skin, small low-contrast pores inside, and a 'VAE' reconstruction
+    that is the blurred part without pores (it misses the skin's sharpness and every pore)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:n, :n, :n].astype(np.float32)
+    c = (n - 1) / 2
+    r = np.sqrt((y - c) ** 2 + (x - c) ** 2)
+    part = ((r < n * 0.38) & (z > 3) & (z < n - 4)).astype(np.float32) * 0.8
+    v_hat = gaussian_filter(part, 1.5)
+    truth = np.zeros(part.shape, bool)
+    for _ in range(n_pores):
+        p = rng.uniform([10, c - n * 0.2, c - n * 0.2], [n - 10, c + n * 0.2, c + n * 0.2])
+        rr = rng.uniform(1.2, 2.2)
+        truth |= (z - p[0]) ** 2 + (y - p[1]) ** 2 + (x - p[2]) ** 2 <= rr**2
+    scan = part.copy()
+    scan[truth] -= 0.3                      # a pore is darker than the metal, as weak as the skin error
+    scan += rng.normal(0, 0.02, scan.shape).astype(np.float32)
+    return scan, v_hat, truth
+
+
+def test_anomaly_map_is_abs_difference_float32(rng):
+    x = rng.random((5, 6, 7))
+    xh = rng.random((5, 6, 7)).astype(np.float32)
+    a = anomaly_map(x, xh)
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, np.abs(x - xh), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError):
+        anomaly_map(x, xh[:4])
+
+
+def test_derivative_sum_matches_np_gradient_across_slabs(rng, monkeypatch):
+    v = rng.random((11, 9, 8)).astype(np.float32)
+    expected = sum(np.abs(g) for g in np.gradient(v))
+    monkeypatch.setattr(postprocess, "_SLAB_VOXELS", 9 * 8 * 3)   # 3 planes per slab: halos matter
+    np.testing.assert_allclose(derivative_sum(v), expected, rtol=1e-6, atol=1e-6)
+    # an axis of length 1 has zero derivative
+    flat = v[:1]
+    np.testing.assert_allclose(derivative_sum(flat)[0], sum(np.abs(g) for g in np.gradient(flat[0])), atol=1e-6)
+
+
+def test_weighted_median_lambda_equals_bruteforce_argmin(rng):
+    g = rng.gamma(2.0, 1.0, 4000)
+    g[:300] = 0.0
+    a = 1.7 * g + np.abs(rng.standard_cauchy(4000)) * 0.3
+    lam, obj = fit_lambda(a, g)
+    grid = np.linspace(0.0, 4.0, 40001)
+    objs = np.array([np.mean(np.abs(a - t * g)) for t in grid[::10]])
+    fine_lo = grid[::10][max(np.argmin(objs) - 1, 0)]
+    fine = np.linspace(fine_lo, fine_lo + 2e-3, 2001)
+    fobjs = np.array([np.mean(np.abs(a - t * g)) for t in fine])
+    assert obj <= fobjs.min() + 1e-12
+    assert abs(lam - fine[np.argmin(fobjs)]) < 2e-6
+    assert np.isclose(obj, np.mean(np.abs(a - lam * g)))
+    assert weighted_median([1, 2, 3], [1, 1, 5]) == 3
+    assert weighted_median([3, 1, 2], [1, 1, 1]) == 2
+
+
+def test_compensation_removes_surface_keeps_pores():
+    scan, v_hat, truth = synthetic_part()
+    A = anomaly_map(scan, v_hat)
+    A_pores, lam, sigma, info = surface_compensation(A, v_hat, return_info=True)
+    assert lam > 0 and sigma > 0
+    assert A_pores.dtype == np.float32 and A_pores.shape == A.shape
+    assert A_pores.min() >= 0
+    ap_before = average_precision_score(truth.ravel(), A.ravel())
+    ap_after = average_precision_score(truth.ravel(), A_pores.ravel())
+    assert ap_before < 0.1 and ap_after > 0.8, (ap_before, ap_after)
+    # the pores keep most of their score; the skin band loses most of it
+    skin = (derivative_sum(v_hat) > 0.05) & ~truth
+    assert A_pores[truth].mean() > 0.6 * A[truth].mean()
+    assert A_pores[skin].mean() < 0.3 * A[skin].mean()
+    # the σ returned is the best one tried
+    assert info["objective"][sigma] == min(info["objective"].values())
+
+
+def test_fixed_sigma_output_equals_formula():
+    scan, v_hat, _ = synthetic_part(n=32, n_pores=3)
+    A = anomaly_map(scan, v_hat)
+    out, lam, sigma = surface_compensation(A, v_hat, sigmas=[2.0])
+    assert sigma == 2.0
+    D = sum(np.abs(g) for g in np.gradient(v_hat.astype(np.float64)))
+    G = gaussian_filter(D, 2.0, mode="nearest")
+    lam_ref, _ = fit_lambda(A, G)
+    assert lam == pytest.approx(lam_ref, rel=1e-4)
+    np.testing.assert_allclose(out, np.maximum(0, A - lam * G), atol=2e-5)
+
+
+def test_subsample_changes_lambda_negligibly():
+    scan, v_hat, _ = synthetic_part(n=64, seed=3)
+    A = anomaly_map(scan, v_hat)
+    _, lam_all, _ = surface_compensation(A, v_hat, sigmas=[1.0])
+    _, lam_sub, _ = surface_compensation(A, v_hat, sigmas=[1.0], n_sample=50_000, seed=7)
+    assert abs(lam_sub - lam_all) / lam_all < 0.01
+
+
+def test_mask_restricts_fit_and_bad_inputs():
+    scan, v_hat, _ = synthetic_part(n=32, n_pores=3)
+    A = anomaly_map(scan, v_hat)
+    full = surface_compensation(A, v_hat, sigmas=[1.0, 2.0])
+    masked = surface_compensation(A, v_hat, sigmas=[1.0, 2.0], mask=np.ones(A.shape, bool))
+    assert full[1] == masked[1] and full[2] == masked[2]
+    with pytest.raises(ValueError):
+        surface_compensation(A, v_hat[1:])
+    with pytest.raises(ValueError):
+        surface_compensation(A, v_hat, sigmas=[0.0])
+    with pytest.raises(ValueError):
+        surface_compensation(A, v_hat, mask=np.zeros(A.shape, bool))
