@@ -1,0 +1,308 @@
+"""X-ray CT acquisition physics and filtered back-projection, slice by slice (parallel beam per z-slice).
+
+The chain (:func:`scan_phantom`), for an attenuation map ``mu`` in 1/mm with isotropic voxels of ``voxel_mm``:
+
+1. forward projection: line integrals ``p = ∫ mu dl`` (dimensionless) per axial slice over ``projections``
+   angles in [0°, 180°) (scikit-image ``radon``, ``circle=True``);
+2. beam hardening on the line integrals: ``p_h = p / (1 + b·p)`` (a saturating polynomial-free model: the
+   measured attenuation of a polychromatic beam grows less than linearly with the path length; it causes
+   cupping and dark streaks between thick parts);
+3. detector blur: Gaussian of ``blur`` detector pixels on the expected transmission ``exp(-p_h)``, across
+   detector columns and rows (z);
+4. exposure: photon counts ``N ~ Poisson(g · I0 · exp(-p_h))`` with ``I0`` the unattenuated counts per
+   detector pixel and projection; ``g`` a per-detector-pixel gain error ``1 + ring·ε`` (ε ~ N(0, 1)) that the
+   flat-field (which assumes ``g = 1``) does not remove, producing ring artefacts;
+5. log: ``p̂ = -log(max(N, 0.5) / I0)`` (zero counts are clipped: photon starvation → streaks);
+6. FBP: ``iradon`` with a ramp·Hann filter (``filter``), divided by the voxel size → attenuation in 1/mm
+   (air ≈ 0, metal ≈ mu; not normalised).
+
+:func:`degrade` re-projects an existing reconstruction and reconstructs it with a fraction of the
+projections and of the exposure (Iuso et al. 2024, section 4.8).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from porelab.errors import ConfigError, ScanError
+
+
+def angles(n: int) -> np.ndarray:
+    """``n`` projection angles in degrees, evenly spaced over [0, 180)."""
+    return np.linspace(0.0, 180.0, int(n), endpoint=False)
+
+
+def forward_project(vol: np.ndarray, theta: np.ndarray, *, progress: bool = False, desc: str = "project"
+                    ) -> np.ndarray:
+    """Parallel-beam line integrals of every axial slice: (z, n, n) → sinograms (z, n_det = n, n_angles).
+
+    Values outside the inscribed circle of each slice must be zero (``radon(circle=True)``); the unit is
+    "attenuation × voxel", multiply by the voxel size in mm for dimensionless line integrals.
+    scikit-image's ``radon`` holds the GIL, so threads do not help (measured: 0.79 s vs 0.78 s for 16
+    slices of 128² × 200 angles on 2 threads); the loop over slices is plain.
+    """
+    import warnings
+
+    from skimage.transform import radon
+
+    nz, n, _ = vol.shape
+    out = np.empty((nz, n, len(theta)), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "image must be zero outside the circle": we ensure it
+        for z in _progress(range(nz), progress, desc):
+            out[z] = radon(np.asarray(vol[z], np.float64), theta, circle=True)
+    return out
+
+
+def fbp(sino: np.ndarray, theta: np.ndarray, *, filter: str = "hann", progress: bool = False,
+        desc: str = "reconstruct") -> np.ndarray:
+    """Filtered back-projection of sinograms (z, n_det, n_angles) → slices (z, n_det, n_det), float32."""
+    from skimage.transform import iradon
+
+    nz, n, _ = sino.shape
+    out = np.empty((nz, n, n), np.float32)
+    for z in _progress(range(nz), progress, desc):
+        out[z] = iradon(np.asarray(sino[z], np.float64), theta, output_size=n, circle=True,
+                        filter_name=filter)
+    return out
+
+
+def gain_map(shape: tuple[int, int], ring: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-detector-pixel gain ``1 + ring·ε`` (rows z × columns u). Detector columns share most of their
+    error along z (a column defect), so rings are coherent over slices, plus a weaker per-pixel part."""
+    nz, nu = shape
+    col = rng.standard_normal(nu)
+    pix = rng.standard_normal((nz, nu))
+    return (1.0 + ring * (0.8 * col[None, :] + 0.6 * pix)).clip(0.5, 1.5)
+
+
+def acquire(p: np.ndarray, *, exposure: float, hardening: float = 0.0, blur: float = 0.0, ring: float = 0.0,
+            rng: np.random.Generator) -> np.ndarray:
+    """Turn ideal line integrals ``p`` (z, n_det, n_angles) into measured, log-converted line integrals.
+
+    Applies beam hardening ``p / (1 + b·p)``, detector blur on the transmission, per-pixel gain errors and
+    Poisson counting at ``exposure`` photons per unattenuated detector pixel (steps 2-5 of the module doc).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if exposure <= 0:
+        raise ConfigError(f"exposure (photon count) must be > 0, got {exposure}")
+    p = np.maximum(p, 0.0, dtype=np.float64)
+    if hardening > 0:
+        p = p / (1.0 + hardening * p)
+    t = np.exp(-p)
+    if blur > 0:
+        t = gaussian_filter(t, sigma=(blur, blur, 0.0), mode="nearest")
+    if ring > 0:
+        t *= gain_map(p.shape[:2], ring, rng)[:, :, None]
+    counts = rng.poisson(exposure * t)
+    return (-np.log(np.maximum(counts, 0.5) / exposure)).astype(np.float32)
+
+
+def scan_phantom(mu: np.ndarray, *, voxel_mm: float, projections: int, exposure: float,
+                 hardening: float = 0.0, blur: float = 0.0, ring: float = 0.0, seed: int = 0,
+                 filter: str = "hann", progress: bool = False) -> np.ndarray:
+    """Simulate a CT scan of an attenuation map and reconstruct it by FBP.
+
+    Parameters
+    ----------
+    mu : (z, y, x) attenuation in 1/mm, square slices, zero outside the inscribed circle of each slice.
+    voxel_mm : isotropic voxel size in mm (line integrals are ``sum(mu) · voxel_mm``).
+    projections : number of projection angles over 180°.
+    exposure : unattenuated photon counts per detector pixel and projection (``I0``).
+    hardening : beam-hardening coefficient ``b`` in ``p / (1 + b·p)`` (0 = monochromatic).
+    blur : detector blur, Gaussian sigma in detector pixels.
+    ring : relative standard deviation of the detector gain errors (rings).
+    seed : noise seed (same seed → same scan).
+    filter : FBP filter (``ramp``, ``shepp-logan``, ``cosine``, ``hamming``, ``hann``).
+
+    Returns
+    -------
+    np.ndarray
+        float32 (z, y, x) reconstructed attenuation in 1/mm (air ≈ 0, metal ≈ mu; not normalised).
+    """
+    _check_volume(mu, "mu")
+    if int(projections) < 4:
+        raise ConfigError(f"projections must be >= 4, got {projections}")
+    rng = np.random.default_rng(seed)
+    theta = angles(projections)
+    p = forward_project(mu, theta, progress=progress) * float(voxel_mm)
+    pm = acquire(p, exposure=exposure, hardening=hardening, blur=blur, ring=ring, rng=rng)
+    del p
+    rec = fbp(pm, theta, filter=filter, progress=progress)
+    rec /= float(voxel_mm)
+    return rec
+
+
+# ----------------------------------------------------------------------------------------------- degrade
+
+
+def degrade(scan: np.ndarray, *, projections: float = 1.0, exposure: float = 1.0, seed: int = 0,
+            base_projections: int | None = None, base_exposure: float | None = None,
+            voxel_mm: float | None = None, filter: str = "hann", progress: bool = False) -> np.ndarray:
+    """Re-scan a reconstructed scan with a fraction of the projections and of the exposure (Iuso et al.
+    2024, section 4.8: projections 100/50/33 %, exposure 100/75/50/25 %).
+
+    The scan is re-projected (per axial slice, each slice zero-padded to its circumscribed circle so any
+    scan works) at ``base_projections`` angles, every ``1/projections``-th angle is kept, noise for the
+    lower exposure is added in the projection domain, and the slices are reconstructed by FBP and cropped
+    back. The scan already carries the noise of its own exposure ``I0``; lowering the exposure to a
+    fraction ``f`` adds noise whose variance per line integral is ``(1/f - 1) / (I0 · T)`` (``T`` the
+    transmission along that line), drawn as Poisson counts: ``p += -log(K / λ)``, ``K ~ Poisson(λ)``,
+    ``λ = f·I0·T / (1 - f)``. So ``exposure=1`` adds no noise and the total noise variance at ``f`` is
+    ``1/f`` times the original, as for a real scan at ``f·I0`` (to first order in ``1/λ``).
+
+    Parameters
+    ----------
+    scan : (z, y, x) reconstructed scan, any units (e.g. a real scan read with ``read_volume``).
+    projections : fraction of the base projections to keep, in (0, 1].
+    exposure : fraction of the base exposure, in (0, 1].
+    seed : noise seed.
+    base_projections : number of projections of the original scan; default ``ceil(π/2 · n_det)`` (the
+        angular sampling an n-pixel detector needs).
+    base_exposure : original photon count per detector pixel ``I0``; default: estimated from the noise of
+        the scan (a noise-only simulation at a reference count is reconstructed and measured the same way,
+        and ``I0`` is scaled by the ratio of the variances).
+    voxel_mm : when the scan is attenuation in 1/mm (e.g. a simulated scan), its voxel size: line integrals
+        are then physical. Default None: the scan is scaled so the longest line integral is 2.0
+        (≈ 14 % transmission, the usual operating point of an industrial scan).
+    filter : FBP filter.
+
+    Returns
+    -------
+    np.ndarray
+        float32 (z, y, x), same shape and units as ``scan``.
+    """
+    scan = _check_volume(scan, "scan", square=False)
+    if not 0 < projections <= 1:
+        raise ConfigError(f"projections fraction must be in (0, 1], got {projections}")
+    if not 0 < exposure <= 1:
+        raise ConfigError(f"exposure fraction must be in (0, 1], got {exposure}")
+    nz, ny, nx = scan.shape
+    n = math.ceil(math.hypot(ny, nx)) + 2
+    if base_projections is None:
+        base_projections = math.ceil(math.pi / 2 * n)
+    base_projections = int(base_projections)
+    keep = max(4, round(base_projections * projections))
+    theta_all = angles(base_projections)
+    idx = np.unique(np.round(np.linspace(0, base_projections, keep, endpoint=False)).astype(int))
+    theta = theta_all[idx]
+
+    y0, x0 = (n - ny) // 2, (n - nx) // 2
+    offset = float(np.median(_corners(np.asarray(scan[:: max(1, nz // 16)], np.float32))))
+    vol = _pad_square(np.asarray(scan, np.float32) - offset, n)  # air ≈ 0 so the padding is seamless
+    sino = forward_project(vol, theta, progress=progress, desc="re-project")
+    del vol
+    if voxel_mm is not None:  # scan in 1/mm: physical line integrals
+        scale = float(voxel_mm)
+    else:
+        peak = float(np.percentile(sino, 99.9))
+        scale = 2.0 / peak if peak > 0 else 1.0
+    p = np.maximum(sino * scale, 0.0)
+    del sino
+    rng = np.random.default_rng(seed)
+    if exposure < 1.0:
+        if base_exposure is None:
+            base_exposure = estimate_exposure(scan, p, theta, base_projections=base_projections, scale=scale,
+                                              offset=offset, filter=filter,
+                                              rng=np.random.default_rng(seed + 7919))
+        lam = exposure * float(base_exposure) * np.exp(-p) / (1.0 - exposure)
+        k = rng.poisson(lam)
+        p = p - np.log(np.maximum(k, 0.5) / np.maximum(lam, 1e-12))
+    rec = fbp((p / scale).astype(np.float32), theta, filter=filter, progress=progress)
+    out = np.ascontiguousarray(rec[:, y0:y0 + ny, x0:x0 + nx])
+    out += offset
+    return out
+
+
+def estimate_exposure(scan: np.ndarray, p: np.ndarray, theta: np.ndarray, *, base_projections: int,
+                      scale: float, offset: float = 0.0, filter: str = "hann", rng: np.random.Generator,
+                      slices: int = 6) -> float:
+    """Estimate the photon count ``I0`` a scan was taken at from its noise.
+
+    ``p`` are the scan's re-projected line integrals at angles ``theta`` (a subset of the scan's
+    ``base_projections``). The noise of the scan is measured by a robust high-pass estimator
+    (:func:`_noise_sigma`) over its brightest 10 % of voxels. Noise-only projections at a reference count
+    ``I0_ref`` along the same rays (``Poisson(I0_ref·exp(-p))``) are reconstructed and measured the same way
+    over the same voxels. FBP noise variance scales as ``1 / (I0 · n_angles)``, so
+    ``I0 = I0_ref · (n_kept / n_base) · σ_ref² / σ_scan²``.
+    """
+    nz, ny, nx = scan.shape
+    n = p.shape[1]
+    y0, x0 = (n - ny) // 2, (n - nx) // 2
+    zs = np.unique(np.linspace(1, max(1, nz - 2), min(slices, nz)).astype(int)).clip(0, nz - 1)
+    zz = np.unique(np.clip(np.concatenate([zs - 1, zs, zs + 1]), 0, nz - 1))
+    sub = np.asarray(scan[zz], np.float32) - offset
+    mask = sub > np.percentile(sub, 90)
+    sigma_scan = _noise_sigma(sub, mask)
+    if not (sigma_scan > 0 and np.isfinite(sigma_scan)):
+        return 1e12  # a noise-free scan: lowering the exposure adds noise as if it was taken at a huge count
+    i0_ref = 1e4
+    lam = i0_ref * np.exp(-p[zz].astype(np.float64))
+    k = rng.poisson(lam)
+    pn = -np.log(np.maximum(k, 0.5) / lam)
+    rec = fbp((pn / scale).astype(np.float32), theta, filter=filter)[:, y0:y0 + ny, x0:x0 + nx]
+    sigma_ref = _noise_sigma(rec, mask)
+    return float(i0_ref * len(theta) / base_projections * (sigma_ref / sigma_scan) ** 2)
+
+
+def _noise_sigma(vol: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Robust noise std: MAD of ``v - mean(6 neighbours)`` over ``mask`` (default: the brightest half).
+
+    Only ratios of this estimate are used, so its scale for correlated (FBP) noise does not matter."""
+    v = vol.astype(np.float32)
+    nb = (np.roll(v, 1, 0) + np.roll(v, -1, 0) + np.roll(v, 1, 1) + np.roll(v, -1, 1) + np.roll(v, 1, 2)
+          + np.roll(v, -1, 2)) / 6.0
+    d = (v - nb)[1:-1, 2:-2, 2:-2]
+    m = (v > np.percentile(v, 50)) if mask is None else mask
+    d = d[m[1:-1, 2:-2, 2:-2]]
+    if d.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(d - np.median(d))))
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _check_volume(a, name, square=True) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 3:
+        raise ScanError(f"{name} must be a 3-D (z, y, x) array, got shape {a.shape}")
+    if square and a.shape[1] != a.shape[2]:
+        raise ScanError(f"{name} slices must be square for the simulator, got shape {a.shape}")
+    if a.size == 0 or not np.isfinite(a).any():
+        raise ScanError(f"{name} has no finite values (shape {a.shape})")
+    if not np.isfinite(a).all():
+        a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return a
+
+
+def _pad_square(vol: np.ndarray, n: int) -> np.ndarray:
+    """Zero-pad slices to n × n (centred) so that the whole original slice lies inside the inscribed circle;
+    the background value (median of the slice corners) is subtracted by the caller."""
+    nz, ny, nx = vol.shape
+    out = np.zeros((nz, n, n), np.float32)
+    y0, x0 = (n - ny) // 2, (n - nx) // 2
+    out[:, y0:y0 + ny, x0:x0 + nx] = vol
+    return out
+
+
+def _corners(vol: np.ndarray, k: int = 4) -> np.ndarray:
+    return np.concatenate([vol[:, :k, :k].ravel(), vol[:, :k, -k:].ravel(), vol[:, -k:, :k].ravel(),
+                           vol[:, -k:, -k:].ravel()])
+
+
+def _disc(n: int) -> np.ndarray:
+    c = (n - 1) / 2
+    y, x = np.ogrid[:n, :n]
+    return (((y - c) ** 2 + (x - c) ** 2) <= (n / 2) ** 2).astype(np.float32)
+
+
+def _progress(it, enabled, desc):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, unit="slice", leave=False)

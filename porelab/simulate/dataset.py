@@ -1,0 +1,277 @@
+"""The simulated dataset in the layout of Iuso et al. (2024): five cylinders (the cross-validation set: one
+Ti6Al4V, two CoCr, two 316L, scanned for comparable quality) and one hard 316L cube (fewer projections, lower
+exposure, stronger beam hardening, rings), each with its exact truth and object masks, and ``manifest.json``
+(format ``porelab-dataset/1``, see ``docs/contracts.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from porelab._io import atomic_path, write_json
+from porelab.errors import ConfigError, ScanError
+
+FORMAT = "porelab-dataset/1"
+
+# name, role, part, material, relative exposure (comparable quality: each material's photon count is set for
+# a similar contrast-to-noise ratio, as the paper's operators did; a little spread between the samples)
+SAMPLES = [
+    ("cyl1", "cv", "cylinder", "Ti6Al4V", 1.00),
+    ("cyl2", "cv", "cylinder", "CoCr", 0.95),
+    ("cyl3", "cv", "cylinder", "CoCr", 1.10),
+    ("cyl4", "cv", "cylinder", "316L", 1.00),
+    ("cyl5", "cv", "cylinder", "316L", 0.90),
+    ("cube", "hard", "cube", "316L", 1.00),
+]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and scan settings of one dataset preset.
+
+    ``cyl_shape``/``cube_shape`` are (z, y, x) voxels; the cylinder diameter is 0.45 of the field (Ø 5 mm)
+    and the cube edge 0.5 of the field (9 mm), which sets each scan's voxel size. ``exposure`` holds the
+    unattenuated photon count per detector pixel for each material (cylinders) and for the cube.
+    """
+
+    name: str
+    cyl_shape: tuple[int, int, int]
+    cube_shape: tuple[int, int, int]
+    cyl_projections: int
+    cube_projections: int
+    exposure: dict
+    cyl_hardening: float = 0.05
+    cube_hardening: float = 0.2
+    cyl_blur: float = 0.8
+    cube_blur: float = 1.0
+    cyl_ring: float = 0.003
+    cube_ring: float = 0.012
+    porosity: float = 0.75
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def cyl_voxel_mm(self) -> float:
+        return 5.0 / (0.45 * self.cyl_shape[2])
+
+    @property
+    def cube_voxel_mm(self) -> float:
+        return 9.0 / (0.5 * self.cube_shape[2])
+
+
+PRESETS: dict[str, Preset] = {
+    # seconds: tests and CI (a larger porosity so that every tiny scan holds several pores)
+    "smoke": Preset("smoke", (32, 48, 48), (32, 48, 48), 72, 48,
+                    {"Ti6Al4V": 700.0, "CoCr": 400.0, "316L": 400.0, "cube": 150.0}, porosity=2.0),
+    # the default: about a minute for the whole dataset on a 2-core CPU
+    "quick": Preset("quick", (96, 128, 128), (96, 128, 128), 200, 134,
+                    {"Ti6Al4V": 1900.0, "CoCr": 1000.0, "316L": 1000.0, "cube": 450.0}),
+    # the paper's 10 µm voxels: Ø5 mm = 500 voxels in a 1111² field, 20 mm = 2000 slices; the 9 mm cube in
+    # a 1800² field (≈ 6.5 G + 3.2 G voxels of float32 per scan: a big machine's job), 4283 / 2878 projections
+    "paper": Preset("paper", (2000, 1111, 1111), (1000, 1800, 1800), 4283, 2878,
+                    {"Ti6Al4V": 4000.0, "CoCr": 2000.0, "316L": 2000.0, "cube": 900.0}),
+}
+
+
+@dataclass(frozen=True)
+class SampleInfo:
+    """One scan of a dataset (paths absolute after :func:`load_manifest`)."""
+
+    name: str
+    role: str
+    shape: str
+    material: str
+    scan: Path
+    truth: Path
+    object: Path
+    spacing: tuple[float, float, float]
+    quality: dict
+    porosity_percent: float
+    pore_count: int = 0
+    pores: Path | None = None
+
+    def load(self, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scan float32, truth uint8, object uint8), memory-mapped by default."""
+        mode = "r" if mmap else None
+        return (np.load(self.scan, mmap_mode=mode), np.load(self.truth, mmap_mode=mode),
+                np.load(self.object, mmap_mode=mode))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A simulated (or user-described) dataset: ``samples`` in manifest order."""
+
+    root: Path
+    samples: list[SampleInfo]
+    preset: str | None = None
+    seed: int | None = None
+
+    @property
+    def cv(self) -> list[SampleInfo]:
+        """The cross-validation scans (the cylinders)."""
+        return [s for s in self.samples if s.role == "cv"]
+
+    @property
+    def hard(self) -> SampleInfo | None:
+        """The hard test scan (the cube), or None."""
+        return next((s for s in self.samples if s.role == "hard"), None)
+
+    def __getitem__(self, name: str) -> SampleInfo:
+        for s in self.samples:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown simulation preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def sample_plan(preset: str | Preset) -> list[dict]:
+    """The scan settings of every sample of a preset (what the manifest's ``quality`` records)."""
+    pr = get_preset(preset) if isinstance(preset, str) else preset
+    plan = []
+    for name, role, part, material, rel in SAMPLES:
+        cube = part == "cube"
+        plan.append({
+            "name": name, "role": role, "shape": part, "material": material,
+            "dims": pr.cube_shape if cube else pr.cyl_shape,
+            "voxel_mm": pr.cube_voxel_mm if cube else pr.cyl_voxel_mm,
+            "quality": {
+                "projections": pr.cube_projections if cube else pr.cyl_projections,
+                "exposure": float(round(rel * pr.exposure["cube" if cube else material], 1)),
+                "hardening": pr.cube_hardening if cube else pr.cyl_hardening,
+                "blur": pr.cube_blur if cube else pr.cyl_blur,
+                "ring": pr.cube_ring if cube else pr.cyl_ring,
+            },
+        })
+    return plan
+
+
+def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bool = True,
+                     porosity: float | None = None) -> Path:
+    """Simulate the paper's dataset layout into ``out_dir`` and return the path of ``manifest.json``.
+
+    Writes per sample ``<name>_scan.npy`` (float32 reconstructed attenuation, 1/mm), ``<name>_truth.npy``
+    and ``<name>_object.npy`` (uint8) and ``<name>_pores.json`` (the placed pores), each atomically, and
+    ``manifest.json`` last, so an interrupted run never leaves a manifest listing missing files.
+
+    Parameters
+    ----------
+    out_dir : folder (created if needed).
+    preset : ``smoke`` (32×48×48, seconds), ``quick`` (96×128×128, about a minute on 2 cores) or ``paper``
+        (10 µm voxels, big machines only).
+    seed : master seed; the same seed gives identical files.
+    progress : show a tqdm bar per sample on stderr.
+    porosity : target porosity in percent of each part (0.1-2 % is the realistic range); default the
+        preset's (0.75 %; 2 % for ``smoke``).
+    """
+    from porelab.simulate.ct import scan_phantom
+    from porelab.simulate.phantom import make_phantom
+
+    pr = get_preset(preset)
+    porosity = pr.porosity if porosity is None else float(porosity)
+    if not 0.0 < porosity <= 5.0:
+        raise ConfigError(f"porosity {porosity} % is out of range (0-5 %; realistic parts 0.1-2 %)")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    seeds = np.random.SeedSequence(int(seed)).spawn(2 * len(SAMPLES))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(SAMPLES), desc=f"simulate ({pr.name})", unit="scan")
+    for i, plan in enumerate(sample_plan(pr)):
+        name, q = plan["name"], plan["quality"]
+        ph = make_phantom(plan["dims"], part=plan["shape"], material=plan["material"], porosity=porosity,
+                          seed=np.random.default_rng(seeds[2 * i]))
+        rec = scan_phantom(ph.mu, voxel_mm=plan["voxel_mm"], projections=q["projections"],
+                           exposure=q["exposure"], hardening=q["hardening"], blur=q["blur"], ring=q["ring"],
+                           seed=int(seeds[2 * i + 1].generate_state(1)[0]))
+        files = {k: f"{name}_{k}.npy" for k in ("scan", "truth", "object")}
+        for key, arr in (("scan", rec.astype(np.float32)), ("truth", ph.truth), ("object", ph.object)):
+            with atomic_path(out / files[key]) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, arr)
+        vox = float(plan["voxel_mm"])
+        write_json(out / f"{name}_pores.json", {
+            "name": name, "material": plan["material"], "shape": plan["shape"], "voxel_mm": vox,
+            "porosity_percent": ph.porosity_percent, "pores": ph.pores,
+        })
+        entries.append({
+            "name": name, "role": plan["role"], "shape": plan["shape"], "material": plan["material"],
+            "scan": files["scan"], "truth": files["truth"], "object": files["object"],
+            "pores": f"{name}_pores.json",
+            "spacing": [vox, vox, vox], "quality": q,
+            "porosity_percent": round(ph.porosity_percent, 4), "pore_count": len(ph.pores),
+            "dims": list(rec.shape),
+        })
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return write_json(out / "manifest.json", {"format": FORMAT, "preset": pr.name, "seed": int(seed),
+                                              "samples": entries})
+
+
+def load_manifest(path_or_dir) -> Dataset:
+    """Read a dataset's ``manifest.json`` (or the folder holding it) into a :class:`Dataset`.
+
+    Raises ``ScanError`` (one line, naming the file) when the manifest is missing, not JSON, of another
+    format, lacks a field, or lists a file that does not exist.
+    """
+    p = Path(path_or_dir)
+    mpath = p / "manifest.json" if p.is_dir() else p
+    if not mpath.is_file():
+        raise ScanError(f"{mpath}: no dataset manifest here (create one with `porelab simulate {p}`)")
+    try:
+        data = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ScanError(f"{mpath}: not a readable JSON manifest ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ScanError(f"{mpath}: unknown manifest format {fmt!r} (expected {FORMAT!r})")
+    root = mpath.parent.resolve()
+    samples = []
+    raw = data.get("samples")
+    if not isinstance(raw, list) or not raw:
+        raise ScanError(f"{mpath}: manifest lists no samples")
+    for k, s in enumerate(raw):
+        try:
+            name = str(s["name"])
+            role = str(s["role"])
+            if role not in ("cv", "hard"):
+                raise ValueError(f"role {role!r} is not 'cv' or 'hard'")
+            paths = {}
+            for key in ("scan", "truth", "object"):
+                fp = Path(s[key])
+                fp = fp if fp.is_absolute() else root / fp
+                if not fp.is_file():
+                    raise ScanError(f"{mpath}: sample {name!r} lists {key} file {fp}, which does not exist")
+                paths[key] = fp
+            pores = s.get("pores")
+            pores = (root / pores) if pores and not Path(pores).is_absolute() else (Path(pores) if pores else None)
+            spacing = tuple(float(v) for v in s["spacing"])
+            if len(spacing) != 3 or min(spacing) <= 0 or not all(math.isfinite(v) for v in spacing):
+                raise ValueError(f"spacing {s['spacing']} is not three positive numbers")
+            samples.append(SampleInfo(
+                name=name, role=role, shape=str(s["shape"]), material=str(s["material"]),
+                scan=paths["scan"], truth=paths["truth"], object=paths["object"], spacing=spacing,
+                quality=dict(s.get("quality", {})), porosity_percent=float(s.get("porosity_percent", float("nan"))),
+                pore_count=int(s.get("pore_count", 0)), pores=pores,
+            ))
+        except ScanError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ScanError(f"{mpath}: sample #{k + 1} is invalid: {what}") from None
+    return Dataset(root=root, samples=samples, preset=data.get("preset"), seed=data.get("seed"))
