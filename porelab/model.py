@@ -1,0 +1,265 @@
+"""``PoreModel``: everything needed to score a new scan, saved as one folder.
+
+A model folder holds ``model.json`` (net name and constructor arguments, normalisation, patch, overlap,
+blending, kind, post-processing flag, decision threshold, free ``meta``) and ``weights.pt`` (the net's
+``state_dict``). ``PoreModel.predict`` runs the whole path of the design note: normalise → patches → net →
+aggregate → (unsupervised) anomaly score ``|x − x̂|`` and surface compensation (Iuso et al. 2024, eq. (2)-(3)).
+
+>>> model = PoreModel.load("models/unet")            # doctest: +SKIP
+>>> score, mask = model.segment(scan)                 # float32 score, bool mask (score >= threshold)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from porelab.errors import ConfigError, ModelError
+from porelab.normalise import Normalisation
+
+FORMAT = "porelab-model/1"
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.pt"
+
+
+@dataclass
+class PoreModel:
+    """A trained network plus its normalisation, inference settings and decision threshold.
+
+    Parameters
+    ----------
+    name : str
+        Network name (``porelab.nets.NAMES``).
+    net_kwargs : dict
+        ``porelab.nets.build(name, **net_kwargs)`` rebuilds the architecture (``scale``, ``patch_size`` …).
+    state_dict : dict
+        The trained weights (tensors on the CPU).
+    normalisation : Normalisation
+        Re-fitted on every scored scan when ``normalisation.per_scan`` (default).
+    patch : int
+        Inference patch edge (voxels).
+    postprocess : bool
+        Unsupervised nets: apply the surface compensation (eq. (2)-(3)) to ``|x − x̂|``.
+    threshold : float
+        Decision threshold on the score (``mask = score >= threshold``).
+    meta : dict
+        Free JSON-able metadata (metrics, profile, dataset hash, threshold policy …).
+    overlap, weighting, batch_size : inference grid settings (see ``porelab.patches.predict_volume``).
+    """
+
+    name: str
+    net_kwargs: dict
+    state_dict: dict
+    normalisation: Normalisation
+    patch: int
+    postprocess: bool = True
+    threshold: float = 0.5
+    meta: dict = field(default_factory=dict)
+    overlap: float = 0.5
+    weighting: str = "average"
+    batch_size: int = 4
+
+    def __post_init__(self):
+        from porelab.nets import check_name
+
+        check_name(self.name)
+        self._net = None
+        self._device = None
+
+    # ---------------------------------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """"supervised" or "unsupervised"."""
+        from porelab.nets import is_supervised
+
+        return "supervised" if is_supervised(self.name) else "unsupervised"
+
+    @classmethod
+    def from_trained(cls, net, name: str, normalisation: Normalisation, profile=None, *, net_kwargs=None,
+                     patch: int | None = None, threshold: float = 0.5, postprocess: bool = True,
+                     meta: dict | None = None, **kwargs) -> PoreModel:
+        """Wrap a trained net. ``net_kwargs`` default to ``{"scale": net.scale}`` (+ ``patch_size`` for VAEs);
+        ``patch`` defaults to the profile's (or the net's ``patch_size``)."""
+        from porelab.config import get_profile
+
+        if isinstance(profile, str):
+            profile = get_profile(profile)
+        if net_kwargs is None:
+            net_kwargs = {}
+            for attr in ("scale", "patch_size"):
+                if hasattr(net, attr):
+                    net_kwargs[attr] = getattr(net, attr)
+            if "scale" not in net_kwargs and profile is not None:
+                net_kwargs["scale"] = profile.net_scale
+        if patch is None:
+            patch = getattr(net, "patch_size", None) or (profile.patch if profile is not None else None)
+        if patch is None:
+            raise ConfigError("from_trained: give patch= (no profile and the net has no patch_size)")
+        meta = dict(meta or {})
+        if profile is not None:
+            meta.setdefault("profile", profile.name)
+        state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        model = cls(name=name, net_kwargs=dict(net_kwargs), state_dict=state, normalisation=normalisation,
+                    patch=int(patch), threshold=float(threshold), postprocess=bool(postprocess), meta=meta,
+                    **kwargs)
+        return model
+
+    # ---------------------------------------------------------------------------------------------------------
+    def net(self, device=None):
+        """The network, built once, weights loaded, in eval mode, on ``device`` (default: automatic)."""
+        from porelab.nets import build
+        from porelab.runtime import get_device
+
+        device = get_device(device) if not hasattr(device, "type") else device
+        if self._net is None or self._device != device:
+            try:
+                net = build(self.name, **self.net_kwargs)
+                net.load_state_dict(self.state_dict)
+            except (RuntimeError, TypeError, KeyError) as exc:
+                raise ModelError(f"model {self.name!r}: weights do not fit the architecture "
+                                 f"{self.net_kwargs}: {str(exc).splitlines()[0]}") from None
+            self._net, self._device = net.to(device).eval(), device
+        return self._net
+
+    def _patch_fn(self, norm: Normalisation, device):
+        net = self.net(device)
+        if self.kind == "supervised":
+            def fn(x):
+                y = net(norm.apply_torch(x))
+                return y[0] if isinstance(y, (list, tuple)) else y
+        else:
+            def fn(x):
+                xn = norm.apply_torch(x)
+                if hasattr(net, "reconstruct"):
+                    return net.reconstruct(xn)
+                return net(xn)["recon"]
+        return fn
+
+    def predict(self, scan: np.ndarray, progress: bool = False, *, out: np.ndarray | None = None,
+                device=None, return_info: bool = False):
+        """Voxel score of ``scan`` (float32, (Z, Y, X)); higher = more likely pore.
+
+        Supervised nets: the aggregated probability. Unsupervised nets: ``A = |x − x̂|`` on the normalised
+        scan, then (``postprocess``) ``A_pores = max(0, A − λ* G_σ*(D))`` (Iuso et al. 2024, eq. (2)-(3)).
+        ``out`` (e.g. an ``np.memmap``) receives the score of supervised nets without a full-volume copy.
+        With ``return_info`` a dict (normalisation levels, λ*, σ*) is returned too.
+        """
+        from porelab.patches import predict_volume
+        from porelab.runtime import get_device
+
+        if np.ndim(scan) != 3:
+            raise ConfigError(f"predict needs a 3-D scan (z, y, x), got shape {np.shape(scan)}")
+        device = get_device(device) if not hasattr(device, "type") else device
+        norm = self.normalisation.refit(scan)
+        info = {"air": norm.air, "material": norm.material}
+        fn = self._patch_fn(norm, device)
+        kw = {"patch": self.patch, "overlap": self.overlap, "batch_size": self.batch_size,
+              "weighting": self.weighting, "progress": progress, "device": device}
+        if self.kind == "supervised":
+            score = predict_volume(fn, scan, out=out, desc=f"{self.name} inference", **kw)
+        else:
+            from porelab.postprocess import anomaly_map, surface_compensation
+
+            x_hat = predict_volume(fn, scan, desc=f"{self.name} reconstruction", **kw)
+            a = anomaly_map(norm.apply(scan), x_hat)
+            if self.postprocess:
+                res = surface_compensation(a, x_hat)
+                score = res[0]
+                info["lambda"], info["sigma"] = float(res[1]), float(res[2])
+                del a
+            else:
+                score = a
+            if out is not None:
+                out[...] = score
+                score = out
+        return (score, info) if return_info else score
+
+    def segment(self, scan: np.ndarray, progress: bool = False, *, threshold: float | None = None):
+        """``(score, mask)``: the score and ``score >= threshold`` (the model's own unless given)."""
+        score = self.predict(scan, progress=progress)
+        thr = self.threshold if threshold is None else float(threshold)
+        return score, score >= thr
+
+    # ---------------------------------------------------------------------------------------------------------
+    def config(self) -> dict:
+        """The JSON part of a saved model."""
+        return {"format": FORMAT, "name": self.name, "kind": self.kind, "net_kwargs": self.net_kwargs,
+                "normalisation": self.normalisation.to_dict(), "patch": self.patch, "overlap": self.overlap,
+                "weighting": self.weighting, "batch_size": self.batch_size, "postprocess": self.postprocess,
+                "threshold": self.threshold, "meta": self.meta}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``directory/model.json`` and ``directory/weights.pt`` atomically (all or nothing)."""
+        import torch
+
+        from porelab._io import _json_default, atomic_path
+
+        directory = Path(directory)
+        with atomic_path(directory, is_dir=True) as tmp:
+            tmp.mkdir(exist_ok=True)
+            torch.save(self.state_dict, tmp / WEIGHTS)
+            (tmp / MODEL_JSON).write_text(json.dumps(self.config(), indent=2, default=_json_default) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PoreModel:
+        """Read a folder written by ``save``; any problem is a one-line ``ModelError`` naming the folder."""
+        import torch
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelError(f"model folder not found: {directory}")
+        cfg_path, w_path = directory / MODEL_JSON, directory / WEIGHTS
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise ModelError(f"{directory}: not a porelab model folder (missing {p.name})")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{cfg_path}: unreadable model description ({exc})") from None
+        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+            raise ModelError(f"{cfg_path}: not a {FORMAT} description")
+        try:
+            state = torch.load(w_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
+            raise ModelError(f"{w_path}: unreadable weights ({type(exc).__name__})") from None
+        try:
+            model = cls(name=cfg["name"], net_kwargs=dict(cfg["net_kwargs"]), state_dict=state,
+                        normalisation=Normalisation.from_dict(cfg["normalisation"]), patch=int(cfg["patch"]),
+                        postprocess=bool(cfg.get("postprocess", True)), threshold=float(cfg["threshold"]),
+                        meta=dict(cfg.get("meta") or {}), overlap=float(cfg.get("overlap", 0.5)),
+                        weighting=str(cfg.get("weighting", "average")), batch_size=int(cfg.get("batch_size", 4)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{cfg_path}: invalid model description ({type(exc).__name__}: {exc})") from None
+        model.net("cpu")  # fail now, with a clear message, if the weights do not fit
+        model._net = None
+        return model
+
+    def replace(self, **changes) -> PoreModel:
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_model(spec) -> PoreModel:
+    """A ``PoreModel`` from a local model folder, or (otherwise) from ``porelab.tracking.resolve_model``
+    (registered names and ``models:/`` URIs) when that module provides it."""
+    if isinstance(spec, PoreModel):
+        return spec
+    path = Path(str(spec))
+    if path.is_dir():
+        return PoreModel.load(path)
+    try:
+        from porelab.tracking import resolve_model as tracking_resolve
+    except ImportError:
+        tracking_resolve = None
+    if tracking_resolve is not None and not path.exists():
+        return tracking_resolve(str(spec))
+    if path.exists():
+        raise ModelError(f"{spec}: a model must be a folder with {MODEL_JSON} and {WEIGHTS}")
+    raise ModelError(f"model not found: {spec} (not a model folder; registered names need porelab.tracking)")
+
+
+__all__ = ["FORMAT", "PoreModel", "resolve_model"]

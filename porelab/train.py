@@ -1,0 +1,339 @@
+"""Training loop: patches from a TorchIO queue, Adam, early stopping, checkpoints, resume, one seed.
+
+Iuso et al. (2024), §4.2: "Each of the models was trained with the Adam optimiser (learning rate of 0.0001)
+and halted through early stopping when the loss value did not decrease by more than 0.0001 for 40
+consecutive epochs"; "A unique main seed propagated throughout the libraries". ``TrainConfig``'s defaults
+are those values (and 64³ patches, batch 2); ``TrainConfig.from_profile`` scales them for a CPU.
+
+One epoch is ``samples_per_volume`` patches from every training scan, drawn by the queue (pore-centred and
+background-centred for supervised nets, uniform for unsupervised ones; see :mod:`porelab.patches`), with
+augmentation. The early-stopping loss is the mean loss on a fixed set of validation patches (the same
+sampler with a fixed seed, no augmentation), so epochs are comparable.
+
+>>> net, history = fit(build("unet", scale=0.125), "unet", train, val, TrainConfig.from_profile("smoke"))
+... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from porelab.errors import ConfigError
+from porelab.patches import AugmentConfig
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults are the paper's (Iuso et al. 2024, §4.2; the `paper` profile).
+
+    Attributes
+    ----------
+    lr : Adam learning rate (1e-4).
+    max_epochs, patience, min_delta : early stopping on the validation loss (200, 40, 1e-4).
+    patch : patch edge in voxels (64).
+    batch_size : patches per step (2).
+    samples_per_volume : patches drawn from each training scan per epoch.
+    queue_length : TorchIO ``Queue`` max_length.
+    val_patches : fixed validation patches per validation scan.
+    pore_ratio : fraction of pore-centred patches for supervised nets.
+    loss_params : keyword arguments of ``porelab.losses.build_loss`` (e.g. FTL α, β, γ).
+    augment : ``porelab.patches.AugmentConfig`` (training only).
+    amp : mixed precision on CUDA (ignored on CPU).
+    weight_decay : Adam weight decay (0 in the paper).
+    grad_clip : max gradient norm, or None.
+    device : "cpu", "cuda", … or None for automatic.
+    """
+
+    lr: float = 1e-4
+    max_epochs: int = 200
+    patience: int = 40
+    min_delta: float = 1e-4
+    patch: int = 64
+    batch_size: int = 2
+    samples_per_volume: int = 128
+    queue_length: int = 512
+    val_patches: int = 128
+    pore_ratio: float = 0.5
+    loss_params: dict = field(default_factory=dict)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    amp: bool = True
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    device: str | None = None
+
+    @classmethod
+    def from_profile(cls, profile, **overrides) -> TrainConfig:
+        """Config from a ``porelab.config.Profile`` (or its name); ``overrides`` replace single fields."""
+        from porelab.config import Profile, get_profile
+
+        if isinstance(profile, str):
+            profile = get_profile(profile)
+        if not isinstance(profile, Profile):
+            raise ConfigError(f"expected a Profile or a profile name, got {type(profile).__name__}")
+        kw = {"lr": profile.lr, "max_epochs": profile.max_epochs, "patience": profile.patience,
+                  "min_delta": profile.min_delta, "patch": profile.patch, "batch_size": profile.batch_size,
+                  "samples_per_volume": profile.samples_per_volume, "queue_length": profile.queue_length,
+                  "val_patches": profile.val_patches, "pore_ratio": profile.pore_ratio,
+                  "augment": AugmentConfig.from_dict(profile.extra.get("augment"))}
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(overrides) - names)
+        if bad:
+            raise ConfigError(f"unknown training option(s) {', '.join(bad)}; known: {', '.join(sorted(names))}")
+        if isinstance(overrides.get("augment"), dict):
+            overrides["augment"] = AugmentConfig.from_dict(overrides["augment"])
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Sample:
+    """One scan for training: ``scan`` normalised float32 (Z, Y, X), ``label`` (Z, Y, X) {0,1} or None."""
+
+    scan: np.ndarray
+    label: np.ndarray | None = None
+    name: str = ""
+
+
+def _rng_state() -> dict:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save(obj, path: Path) -> None:
+    import torch
+
+    from porelab._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def validation_batches(val: list[Sample], *, supervised: bool, config: TrainConfig, seed: int) -> list:
+    """Fixed validation patches: ``config.val_patches`` per scan, same sampler as training, no augmentation,
+    drawn with their own seed (the global random state is left untouched)."""
+    import torch
+
+    from porelab.patches import batch_tensors, make_loader, make_queue, make_subjects
+
+    if not val or config.val_patches <= 0:
+        return []
+    with torch.random.fork_rng(devices=[]):
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            torch.manual_seed(seed + 7919)
+            random.seed(seed + 7919)
+            np.random.seed((seed + 7919) % 2**32)
+            queue = make_queue(make_subjects(val), patch=config.patch, supervised=supervised,
+                               samples_per_volume=config.val_patches,
+                               max_length=max(config.val_patches, config.queue_length),
+                               pore_ratio=config.pore_ratio, transform=None, shuffle=False)
+            batches = [batch_tensors(b) for b in make_loader(queue, config.batch_size)]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+    return batches
+
+
+def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainConfig, *,
+        checkpoint_dir: str | Path | None = None, on_epoch: Callable | None = None, seed: int = 0,
+        progress: bool = True):
+    """Train ``net`` (a ``porelab.nets`` network called ``name``) on ``train``; early-stop on ``val``.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+    name : str
+        Network name (decides the loss and the sampler: supervised nets need labels).
+    train, val : list of Sample
+        Normalised scans (and labels for supervised nets). ``val`` may be empty: the training loss is then
+        monitored instead.
+    config : TrainConfig
+    checkpoint_dir : path, optional
+        ``best.pt`` (weights of the best epoch) and ``last.pt`` (everything to resume: weights, optimiser,
+        epoch, best, patience counter, history, random state) are written there after every epoch; when
+        ``last.pt`` exists, training resumes from it.
+    on_epoch : callable, optional
+        ``on_epoch(epoch, {"train_loss", "val_loss", "seconds", "best_val_loss", ...})`` after every epoch
+        (after the checkpoints are written); an exception it raises (e.g. ``optuna.TrialPruned``) propagates.
+    seed : int
+        One seed for Python, numpy, torch and TorchIO (``porelab.runtime.seed_everything``).
+    progress : bool
+        tqdm bar over epochs with the losses (stderr).
+
+    Returns
+    -------
+    (net, history)
+        ``net`` with the best epoch's weights, in eval mode; ``history`` a dict with lists ``train_loss``,
+        ``val_loss``, ``seconds`` (per epoch) and ``best_epoch``, ``best_val_loss``, ``stopped_early``,
+        ``epochs``, ``device``, ``resumed_from``.
+    """
+    import torch
+
+    from porelab.losses import build_loss
+    from porelab.nets import is_supervised
+    from porelab.patches import augmentation, batch_tensors, make_loader, make_queue, make_subjects
+    from porelab.runtime import configure_threads, get_device, seed_everything
+
+    supervised = is_supervised(name)
+    if not train:
+        raise ConfigError("no training scans given")
+    if supervised:
+        missing = [s.name or f"#{i}" for i, s in enumerate(list(train) + list(val)) if s.label is None]
+        if missing:
+            raise ConfigError(f"supervised net {name!r} needs labels; missing for: {', '.join(missing)}")
+    if config.max_epochs < 1 or config.batch_size < 1 or config.samples_per_volume < 1:
+        raise ConfigError("max_epochs, batch_size and samples_per_volume must be >= 1")
+
+    seed_everything(seed)
+    device = get_device(config.device)
+    if device.type == "cpu":
+        configure_threads()
+    use_amp = bool(config.amp and device.type == "cuda")
+    net = net.to(device)
+    loss_fn = build_loss(name, **config.loss_params)
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    val_batches = validation_batches(list(val), supervised=supervised, config=config, seed=seed)
+    transform = augmentation(config.augment)
+    queue = make_queue(make_subjects(list(train)), patch=config.patch, supervised=supervised,
+                       samples_per_volume=config.samples_per_volume, max_length=config.queue_length,
+                       pore_ratio=config.pore_ratio, transform=transform)
+    loader = make_loader(queue, config.batch_size)
+
+    history = {"train_loss": [], "val_loss": [], "seconds": [], "best_epoch": None, "best_val_loss": None,
+               "stopped_early": False, "epochs": 0, "device": str(device), "resumed_from": None}
+    best_loss, best_state, wait, start_epoch = math.inf, None, 0, 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        last = ckpt / "last.pt"
+        if last.exists():
+            state = torch.load(last, map_location=device, weights_only=False)
+            net.load_state_dict(state["net"])
+            optimiser.load_state_dict(state["optimizer"])
+            if use_amp and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start_epoch = int(state["epoch"]) + 1
+            best_loss, wait = float(state["best_loss"]), int(state["wait"])
+            history = state["history"]
+            history["resumed_from"] = int(state["epoch"])
+            best_path = ckpt / "best.pt"
+            if best_path.exists():
+                best_state = torch.load(best_path, map_location="cpu", weights_only=True)
+            _set_rng_state(state["rng"])
+            if state.get("stopped"):
+                start_epoch = config.max_epochs  # finished run: nothing left to do
+
+    def run_loss(output, x, y):
+        return loss_fn(output, y if supervised else x)
+
+    def evaluate() -> float:
+        if not val_batches:
+            return math.nan
+        net.eval()
+        total, n = 0.0, 0
+        with torch.no_grad(), torch.autocast(device.type, enabled=use_amp):
+            for x, y in val_batches:
+                x = x.to(device)
+                y = y.to(device) if y is not None else None
+                loss, _ = run_loss(net(x), x, y)
+                total += float(loss) * len(x)
+                n += len(x)
+        return total / max(n, 1)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.max_epochs, initial=min(start_epoch, config.max_epochs), desc=f"train {name}",
+                   unit="epoch", leave=False)
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, config.max_epochs):
+            t0 = time.perf_counter()
+            net.train()
+            total, n = 0.0, 0
+            for batch in loader:
+                x, y = batch_tensors(batch)
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True) if y is not None else None
+                optimiser.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, enabled=use_amp):
+                    loss, _ = run_loss(net(x), x, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{name}: training loss became {float(loss)} at epoch {epoch}")
+                scaler.scale(loss).backward()
+                if config.grad_clip:
+                    scaler.unscale_(optimiser)
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+                scaler.step(optimiser)
+                scaler.update()
+                total += float(loss.detach()) * len(x)
+                n += len(x)
+            train_loss = total / max(n, 1)
+            val_loss = evaluate()
+            monitored = val_loss if val_batches else train_loss
+            seconds = time.perf_counter() - t0
+            history["train_loss"].append(train_loss)
+            history["val_loss"].append(val_loss)
+            history["seconds"].append(seconds)
+            history["epochs"] = epoch + 1
+            if monitored < best_loss - config.min_delta:
+                best_loss, wait = monitored, 0
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+                history["best_epoch"], history["best_val_loss"] = epoch, monitored
+                if ckpt is not None:
+                    _save(best_state, ckpt / "best.pt")
+            else:
+                wait += 1
+            stop = wait >= config.patience
+            history["stopped_early"] = bool(stop)
+            if ckpt is not None:
+                _save({"epoch": epoch, "net": net.state_dict(), "optimizer": optimiser.state_dict(),
+                       "scaler": scaler.state_dict() if use_amp else None, "best_loss": best_loss, "wait": wait,
+                       "history": history, "rng": _rng_state(), "stopped": stop, "name": name,
+                       "config": config.to_dict()}, ckpt / "last.pt")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{best_loss:.4f}")
+            if on_epoch is not None:
+                on_epoch(epoch, {"train_loss": train_loss, "val_loss": val_loss, "seconds": seconds,
+                                 "best_val_loss": best_loss, "best_epoch": history["best_epoch"]})
+            if stop:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    return net, history
+
+
+__all__ = ["Sample", "TrainConfig", "fit", "validation_batches"]
