@@ -243,6 +243,31 @@ class PoreModel:
         return dataclasses.replace(self, **changes)
 
 
+#: percentile of the score inside the object used when no labels exist (unsupervised nets)
+UNLABELLED_PERCENTILE = 99.0
+
+
+def choose_threshold(score: np.ndarray, truth: np.ndarray | None = None, *, kind: str = "supervised",
+                     object_mask: np.ndarray | None = None) -> tuple[float, str]:
+    """Decision threshold and the policy that gave it (design note §6: an explicit, logged policy).
+
+    * labels given: the F1-optimal threshold on ``score`` against ``truth`` (``porelab.metrics``);
+    * no labels, supervised: 0.5 (the nets output probabilities);
+    * no labels, unsupervised: the ``UNLABELLED_PERCENTILE``-th percentile of the score inside
+      ``object_mask`` (or the whole scan).
+    """
+    if truth is not None and np.any(truth):
+        from porelab.metrics import best_f1_threshold
+
+        thr = best_f1_threshold(score, np.asarray(truth) > 0, mask=object_mask)
+        thr = thr[0] if isinstance(thr, tuple) else thr
+        return float(thr), "f1-optimal on labelled validation scan"
+    if kind == "supervised":
+        return 0.5, "probability 0.5 (no labels)"
+    values = np.asarray(score)[np.asarray(object_mask, bool)] if object_mask is not None else np.ravel(score)
+    return float(np.percentile(values, UNLABELLED_PERCENTILE)), f"{UNLABELLED_PERCENTILE:g}th percentile in object"
+
+
 def resolve_model(spec) -> PoreModel:
     """A ``PoreModel`` from a local model folder, or (otherwise) from ``porelab.tracking.resolve_model``
     (registered names and ``models:/`` URIs) when that module provides it."""
@@ -262,4 +287,4 @@ def resolve_model(spec) -> PoreModel:
     raise ModelError(f"model not found: {spec} (not a model folder; registered names need porelab.tracking)")
 
 
-__all__ = ["FORMAT", "PoreModel", "resolve_model"]
+__all__ = ["FORMAT", "UNLABELLED_PERCENTILE", "PoreModel", "choose_threshold", "resolve_model"]

@@ -365,7 +365,7 @@ def predict_volume(fn: Callable, volume: np.ndarray, *, patch: int | Sequence[in
                 z0 = zs
             _mmap_release(volume, done_in, zs)         # input rows below zs are not read again
             done_in = max(done_in, zs)
-            slab = np.asarray(volume[zs:zs + pz], dtype=np.float32)
+            slab = np.array(volume[zs:zs + pz], dtype=np.float32)   # a writable copy of the slab
             if slab.shape != (pz, Yp, Xp):
                 slab = np.pad(slab, [(0, pz - slab.shape[0]), (0, Yp - slab.shape[1]), (0, Xp - slab.shape[2])],
                               mode="edge")

@@ -1,0 +1,245 @@
+"""``porelab train`` and ``porelab segment``: thin wrappers over porelab.train, porelab.model, porelab.patches."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+NET_NAMES = ("unet", "mssunet", "unetpp", "unet3p", "accunet", "vae", "cevae", "gmvae", "vqvae", "rvvae")
+MASK_FORMATS = ("npy", "tif", "nii.gz", "mha", "nrrd")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers (also used by tests)
+# ---------------------------------------------------------------------------------------------------------------
+def load_training_scans(data: str | Path, *, labels: str, progress: bool = False) -> tuple[list, list, list]:
+    """(samples, raw scans, truths) of a dataset's cv scans; ``labels`` is "heuristic" or "truth".
+
+    Each scan is normalised with its own ``Normalisation.fit`` (per-scan levels); the label of each sample is
+    the truth mask or the Algorithm 1 heuristic labels of the raw scan.
+    """
+    import numpy as np
+
+    from porelab.errors import ConfigError
+    from porelab.normalise import Normalisation
+    from porelab.simulate.dataset import load_manifest
+    from porelab.train import Sample
+
+    ds = load_manifest(data)
+    cv = ds.cv
+    if len(cv) < 2:
+        raise ConfigError(f"{data}: training needs at least 2 cv scans (one for validation), found {len(cv)}")
+    samples, raws, truths = [], [], []
+    for info in cv:
+        scan, truth, _ = info.load(mmap=True)
+        scan = np.asarray(scan, dtype=np.float32)
+        if labels == "truth":
+            lab = np.asarray(truth) > 0
+        else:
+            from porelab.labels import heuristic_labels
+
+            lab = heuristic_labels(scan, progress=progress)
+        norm = Normalisation.fit(scan)
+        samples.append(Sample(norm.apply(scan), lab.astype(np.uint8), info.name))
+        raws.append(scan)
+        truths.append(np.asarray(truth) > 0)
+    return samples, raws, truths
+
+
+def overlay_png(path: Path, volume, mask, *, title: str = "") -> None:
+    """Three orthogonal mid-slices of ``volume`` in grey with ``mask`` in red (written to ``path``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    z, y, x = (s // 2 for s in volume.shape)
+    views = [(np.asarray(volume[z]), np.asarray(mask[z]), f"z = {z}"),
+             (np.asarray(volume[:, y]), np.asarray(mask[:, y]), f"y = {y}"),
+             (np.asarray(volume[:, :, x]), np.asarray(mask[:, :, x]), f"x = {x}")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    for ax, (img, m, label) in zip(axes, views):
+        lo, hi = np.percentile(img, [0.5, 99.5])
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+        ax.imshow(np.ma.masked_where(~m.astype(bool), m), cmap="autumn", alpha=0.7, interpolation="nearest")
+        ax.set_title(label)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------------------
+@click.command("train")
+@click.option("--data", "data", required=True, type=click.Path(), help="Dataset folder with manifest.json "
+              "(from `porelab simulate`).")
+@click.option("--net", "net_name", required=True, type=click.Choice(NET_NAMES), help="Network to train.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(), help="Model folder to write.")
+@click.option("--profile", default="quick", show_default=True, help="smoke | quick | paper: sizes and budgets.")
+@click.option("--labels", type=click.Choice(["heuristic", "truth"]), default="heuristic", show_default=True,
+              help="Labels for supervised training and for choosing the threshold: Algorithm 1 heuristic "
+              "labels of each scan, or the dataset's exact truth.")
+@click.option("--scale", type=float, default=None, help="Width multiplier of the net (default: the profile's).")
+@click.option("--max-epochs", type=int, default=None, help="Override the profile's epoch budget.")
+@click.option("--seed", type=int, default=0, show_default=True, help="One seed for numpy, torch and TorchIO.")
+@click.option("--checkpoints", type=click.Path(), default=None,
+              help="Folder for best.pt/last.pt; training resumes from last.pt when it exists.")
+def train(data, net_name, output, profile, labels, scale, max_epochs, seed, checkpoints):
+    """Train one network on a dataset's cylinders and save a model folder.
+
+    All cv scans but the last train the net; the last one is the validation scan (early stopping and the
+    decision threshold: F1-optimal against its labels). Scans are (z, y, x), each normalised per scan
+    (air -> 0, metal -> 0.8). The model folder holds model.json + weights.pt and is what
+    `porelab segment --model` takes.
+
+    \b
+    Example:
+      porelab simulate data --preset smoke
+      porelab train --data data --net unet -o models/unet --profile smoke
+      porelab segment data/cyl1_scan.npy -o seg --model models/unet
+    """
+    import numpy as np
+
+    from porelab.config import get_profile
+    from porelab.errors import ConfigError
+    from porelab.metrics import evaluate_scores
+    from porelab.model import PoreModel, choose_threshold
+    from porelab.nets import build, is_supervised
+    from porelab.normalise import Normalisation
+    from porelab.train import TrainConfig, fit
+
+    prof = get_profile(profile)
+    overrides = {"max_epochs": max_epochs} if max_epochs is not None else {}
+    if max_epochs is not None and max_epochs < 1:
+        raise ConfigError(f"--max-epochs must be >= 1, got {max_epochs}")
+    config = TrainConfig.from_profile(prof, **overrides)
+    scale = prof.net_scale if scale is None else scale
+    if not scale > 0:
+        raise ConfigError(f"--scale must be > 0, got {scale}")
+    supervised = is_supervised(net_name)
+    net_kwargs = {"scale": scale} if supervised else {"scale": scale, "patch_size": config.patch}
+
+    t0 = time.perf_counter()
+    click.echo(f"loading {data} ({labels} labels)", err=True)
+    samples, raws, truths = load_training_scans(data, labels=labels)
+    train_s, val_s = samples[:-1], samples[-1:]
+    if not supervised:  # unsupervised nets never see labels in training
+        from porelab.train import Sample
+
+        train_s = [Sample(s.scan, None, s.name) for s in train_s]
+        val_s = [Sample(s.scan, None, s.name) for s in val_s]
+    net = build(net_name, **net_kwargs)
+    net, history = fit(net, net_name, train_s, val_s, config, checkpoint_dir=checkpoints, seed=seed,
+                       progress=True)
+
+    norm = Normalisation.fit(raws[0])
+    model = PoreModel.from_trained(net, net_name, norm, prof, net_kwargs=net_kwargs, patch=config.patch)
+    val_raw, val_label = raws[-1], samples[-1].label.astype(bool)
+    score = model.predict(val_raw, progress=True)
+    model.threshold, policy = choose_threshold(score, val_label, kind=model.kind)
+    metrics = evaluate_scores(score, truths[-1], threshold=model.threshold)
+    model.meta.update({
+        "threshold_policy": policy, "labels": labels, "seed": seed, "profile": prof.name,
+        "dataset": str(Path(data).resolve()), "validation_scan": samples[-1].name,
+        "train_scans": [s.name for s in train_s], "train_config": config.to_dict(),
+        "history": {k: history[k] for k in ("train_loss", "val_loss", "seconds", "best_epoch", "stopped_early",
+                                            "epochs")},
+        "validation_metrics": {k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
+                               for k, v in metrics.items()},
+    })
+    model.save(output)
+    summary = {"model": str(output), "net": net_name, "epochs": history["epochs"],
+               "best_epoch": history["best_epoch"], "threshold": model.threshold, "threshold_policy": policy,
+               "val_ap": metrics.get("ap"), "val_auc": metrics.get("auc"), "val_dice": metrics.get("dice"),
+               "pore_fraction": metrics.get("pore_fraction"), "seconds": round(time.perf_counter() - t0, 1)}
+    click.echo(json.dumps(summary, indent=2, default=float))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# segment
+# ---------------------------------------------------------------------------------------------------------------
+@click.command("segment")
+@click.argument("scan", type=click.Path())
+@click.option("-o", "--output", "output", required=True, type=click.Path(), help="Output folder (replaced).")
+@click.option("--model", "model_spec", required=True,
+              help="A model folder saved by `porelab train`, or a registered model name / models:/ URI.")
+@click.option("--threshold", type=float, default=None, help="Score threshold (default: the model's).")
+@click.option("--spacing", type=float, nargs=3, default=None, metavar="Z Y X",
+              help="Voxel size in mm, (z, y, x) order; overrides the file's metadata.")
+@click.option("--no-score", is_flag=True, help="Do not write score.npy (saves disk on large scans).")
+@click.option("--mask-format", type=click.Choice(MASK_FORMATS), default="npy", show_default=True,
+              help="File format of the uint8 mask.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present).")
+def segment(scan, output, model_spec, threshold, spacing, no_score, mask_format, device):
+    """Segment pores in a CT scan with a trained model.
+
+    Writes into OUTPUT: score.npy (float32 voxel score, higher = more likely pore; (z, y, x)), mask.<ext>
+    (uint8, score >= threshold), pores.csv and summary.json (the per-pore report), overlay.png (mid-slices
+    with the mask in red) and segment.json (model, threshold, timings). The scan is read lazily
+    (memory-mapped where the format allows) and scored patch by patch; the score streams to disk.
+
+    \b
+    Example:
+      porelab segment part.tif -o part_pores --model models/unet --spacing 0.01 0.01 0.01
+    """
+    import numpy as np
+
+    from porelab._io import atomic_path, write_json
+    from porelab.model import resolve_model
+    from porelab.volume import read_volume, write_volume
+
+    model = resolve_model(model_spec)             # fail early: nothing written for a bad model
+    vol = read_volume(scan, spacing=spacing)      # ... or a bad scan
+    thr = model.threshold if threshold is None else float(threshold)
+    t0 = time.perf_counter()
+    out_dir = Path(output)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        tmp.mkdir(exist_ok=True)
+        out = None
+        if not no_score:
+            out = np.lib.format.open_memmap(tmp / "score.npy", mode="w+", dtype=np.float32, shape=vol.shape)
+        score, info = model.predict(vol.array, progress=True, out=out, device=device, return_info=True)
+        mask = np.empty(vol.shape, dtype=np.uint8)
+        for z in range(0, vol.shape[0], 16):
+            mask[z:z + 16] = np.asarray(score[z:z + 16]) >= thr
+        if out is not None:
+            out.flush()
+        del score, out
+        write_volume(tmp / f"mask.{mask_format}", mask, spacing=vol.spacing)
+        report = {}
+        try:
+            from porelab.pores import write_report
+        except ImportError as exc:  # pragma: no cover - only while the pore report module is missing
+            click.echo(f"porelab: warning: pore report skipped ({exc})", err=True)
+        else:
+            object_mask = None
+            try:
+                from porelab.labels import object_mask as make_object_mask
+
+                object_mask = make_object_mask(np.asarray(vol.array))
+            except ImportError:  # pragma: no cover
+                pass
+            report = write_report(mask.astype(bool), tmp, volume=vol.array, spacing=vol.spacing,
+                                  object_mask=object_mask) or {}
+        overlay_png(tmp / "overlay.png", vol.array, mask, title=f"{model.name}, threshold {thr:.4g}")
+        seconds = time.perf_counter() - t0
+        summary = {"scan": str(scan), "shape": list(vol.shape), "spacing": list(vol.spacing),
+                   "spacing_known": vol.spacing_known, "model": str(model_spec), "net": model.name,
+                   "kind": model.kind, "threshold": thr, "postprocess": model.postprocess,
+                   "normalisation": info, "mask_voxels": int(mask.sum()), "seconds": round(seconds, 2),
+                   "pore_count": report.get("pore_count"), "porosity_percent": report.get("porosity_percent")}
+        write_json(tmp / "segment.json", summary)
+    click.echo(json.dumps(summary, indent=2, default=float))
+    if not vol.spacing_known:
+        click.echo("porelab: note: voxel size unknown; lengths are in voxels (give --spacing Z Y X in mm)",
+                   err=True)
+    sys.stdout.flush()
