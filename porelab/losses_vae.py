@@ -152,10 +152,11 @@ def rvvae_loss(kl_weight: float = 1e-5, var_weight: float = 50.0, recon: str = "
     """RV-VAE (Nicodemou et al. 2023): ``rec(E[x̂], x) + var_weight·mean(Var[x̂]²) + kl_weight·KL``.
 
     The variance penalty is the mean squared output variance (``MSE(Var[x̂], 0)`` of the upstream RV-VAE),
-    pushing the decoder to a confident reconstruction.
+    pushing the decoder to a confident reconstruction. ``E[x̂]`` is the net's unclamped ``"recon_mean"``
+    when present (else ``"recon"``), so the loss keeps a gradient where the mean leaves [0, 1].
     """
     def loss_fn(out: dict, x: torch.Tensor):
-        rec = reconstruction_error(out["recon"], x, recon)
+        rec = reconstruction_error(out.get("recon_mean", out["recon"]), x, recon)
         var = out["recon_var"].pow(2).mean()
         kl = kl_standard_normal(out["mu"], out["logvar"])
         loss = rec + var_weight * var + kl_weight * kl
