@@ -1,0 +1,151 @@
+"""Whole-scan inference: porelab.patches.predict_volume against TorchIO's GridSampler + GridAggregator.
+
+The same network (random weights, fixed seed) runs on the same random scan through both paths, each in
+its own subprocess so that peak memory (``resource.getrusage`` maxrss) is measured separately:
+
+* ``porelab``: the scan is memory-mapped from ``.npy``, the score streams into a memory-mapped ``.npy``;
+* ``torchio``: the scan is loaded into a ``ScalarImage`` (TorchIO needs the tensor), patches come from
+  ``GridSampler`` through ``SubjectsLoader``, ``GridAggregator(overlap_mode="average")`` assembles them.
+
+Both use the same patch, half-patch overlap, batch size and torch thread count. Printed (``--json``)::
+
+    {"porelab": {"voxels_per_s", "peak_rss_mb", "inference_rss_mb", "seconds"}, "torchio": {...},
+     "max_abs_diff": ..., "speedup": ..., "memory_ratio": ..., "config": {...}}
+
+``peak_rss_mb`` is the process's maximum resident set; ``inference_rss_mb`` is that minus the resident set
+just before inference (after importing torch and building the net), i.e. what the inference itself adds.
+
+Example::
+
+    OMP_NUM_THREADS=2 python benchmarks/inference.py --shape 128 256 256 --net unet --scale 0.25 --patch 32 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _build(args):
+    import torch
+
+    from porelab.nets import UNSUPERVISED, build
+
+    kw = {"scale": args.scale}
+    if args.net in UNSUPERVISED:
+        kw["patch_size"] = args.patch
+    net = build(args.net, **kw)
+    net.load_state_dict(torch.load(Path(args.dir) / "weights.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    if args.net in UNSUPERVISED:
+        return net, net.reconstruct
+    return net, net
+
+
+def worker(args) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from porelab.patches import predict_volume, predict_volume_torchio
+
+    d = Path(args.dir)
+    _, fn = _build(args)
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    if args.worker == "porelab":
+        vol = np.load(d / "scan.npy", mmap_mode="r")
+        out = np.lib.format.open_memmap(d / "out_porelab.npy", mode="w+", dtype=np.float32, shape=vol.shape)
+        predict_volume(fn, vol, patch=args.patch, overlap=0.5, batch_size=args.batch_size, out=out,
+                       progress=False, device=torch.device("cpu"))
+        out.flush()
+        del out
+    else:
+        vol = np.load(d / "scan.npy")
+        res = predict_volume_torchio(fn, vol, patch=args.patch, overlap=0.5, batch_size=args.batch_size,
+                                     device=torch.device("cpu"))
+        np.save(d / "out_torchio.npy", res)
+    seconds = time.perf_counter() - t0
+    n = int(np.prod(vol.shape))
+    peak = _maxrss_mb()
+    print(json.dumps({"voxels_per_s": n / seconds, "seconds": seconds, "peak_rss_mb": peak,
+                      "inference_rss_mb": peak - base, "baseline_rss_mb": base}))
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", type=int, nargs=3, default=[128, 256, 256], metavar=("Z", "Y", "X"))
+    p.add_argument("--net", default="unet")
+    p.add_argument("--scale", type=float, default=0.25)
+    p.add_argument("--patch", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or
+                   len(os.sched_getaffinity(0)))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.add_argument("--worker", choices=["porelab", "torchio"], help=argparse.SUPPRESS)
+    p.add_argument("--dir", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return {}
+
+    import numpy as np
+    import torch
+
+    from porelab.nets import UNSUPERVISED, build
+
+    with tempfile.TemporaryDirectory(prefix="porelab-bench-") as tmp:
+        d = Path(tmp)
+        rng = np.random.default_rng(args.seed)
+        np.save(d / "scan.npy", rng.random(tuple(args.shape), dtype=np.float32))
+        torch.manual_seed(args.seed)
+        kw = {"scale": args.scale, **({"patch_size": args.patch} if args.net in UNSUPERVISED else {})}
+        torch.save(build(args.net, **kw).state_dict(), d / "weights.pt")
+        results = {}
+        common = ["--shape", *map(str, args.shape), "--net", args.net, "--scale", str(args.scale),
+                  "--patch", str(args.patch), "--batch-size", str(args.batch_size), "--threads",
+                  str(args.threads), "--dir", str(d)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        for which in ("porelab", "torchio"):
+            proc = subprocess.run([sys.executable, __file__, "--worker", which, *common], capture_output=True,
+                                  text=True, env=env, check=False)
+            if proc.returncode != 0:
+                raise SystemExit(f"{which} worker failed:\n{proc.stderr[-3000:]}")
+            results[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+        a = np.load(d / "out_porelab.npy", mmap_mode="r")
+        b = np.load(d / "out_torchio.npy", mmap_mode="r")
+        diff = max(float(np.max(np.abs(np.asarray(a[z:z + 16]) - np.asarray(b[z:z + 16]))))
+                   for z in range(0, a.shape[0], 16))
+    results["max_abs_diff"] = diff
+    results["speedup"] = results["porelab"]["voxels_per_s"] / results["torchio"]["voxels_per_s"]
+    results["memory_ratio"] = results["porelab"]["peak_rss_mb"] / results["torchio"]["peak_rss_mb"]
+    results["inference_memory_ratio"] = (results["porelab"]["inference_rss_mb"]
+                                         / max(results["torchio"]["inference_rss_mb"], 1e-9))
+    results["config"] = {"shape": args.shape, "net": args.net, "scale": args.scale, "patch": args.patch,
+                         "batch_size": args.batch_size, "threads": args.threads, "overlap": 0.5}
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
