@@ -148,11 +148,14 @@ def degrade(scan: np.ndarray, *, projections: float = 1.0, exposure: float = 1.0
     The scan is re-projected (per axial slice, each slice zero-padded to its circumscribed circle so any
     scan works) at ``base_projections`` angles, every ``1/projections``-th angle is kept, noise for the
     lower exposure is added in the projection domain, and the slices are reconstructed by FBP and cropped
-    back. The scan already carries the noise of its own exposure ``I0``; lowering the exposure to a
-    fraction ``f`` adds noise whose variance per line integral is ``(1/f - 1) / (I0 · T)`` (``T`` the
-    transmission along that line), drawn as Poisson counts: ``p += -log(K / λ)``, ``K ~ Poisson(λ)``,
-    ``λ = f·I0·T / (1 - f)``. So ``exposure=1`` adds no noise and the total noise variance at ``f`` is
-    ``1/f`` times the original, as for a real scan at ``f·I0`` (to first order in ``1/λ``).
+    back. The scan already carries the noise of its own exposure ``I0`` and ``N`` projections (FBP noise
+    variance ∝ 1 / (I0 · T · N), ``T`` the transmission along a line), and a reconstruction from the exact
+    re-projections keeps that noise. A real scan at a fraction ``f`` of the exposure and ``k·N``
+    projections has ``1 / (f·k)`` times that variance, so noise of variance ``(1/f - k) / (I0 · T)`` per line
+    integral is added to the ``k·N`` kept projections, drawn as Poisson counts: ``p += -log(K / λ)``,
+    ``K ~ Poisson(λ)``, ``λ = I0·T / (1/f - k)`` (exact in variance to first order in ``1/λ``; photon
+    starvation where ``λ`` is small). ``projections=1, exposure=1`` adds no noise; fewer projections add
+    both noise and undersampling streaks, as when the paper dropped real projections.
 
     Parameters
     ----------
@@ -203,14 +206,16 @@ def degrade(scan: np.ndarray, *, projections: float = 1.0, exposure: float = 1.0
     p = np.maximum(sino * scale, 0.0)
     del sino
     rng = np.random.default_rng(seed)
-    if exposure < 1.0:
+    kept = len(theta) / base_projections
+    extra = 1.0 / exposure - kept  # added noise variance per line integral, in units of 1 / (I0 · T)
+    if extra > 1e-6:
         if base_exposure is None:
             base_exposure = estimate_exposure(scan, p, theta, base_projections=base_projections, scale=scale,
                                               offset=offset, filter=filter,
                                               rng=np.random.default_rng(seed + 7919))
-        lam = exposure * float(base_exposure) * np.exp(-p) / (1.0 - exposure)
-        k = rng.poisson(lam)
-        p = p - np.log(np.maximum(k, 0.5) / np.maximum(lam, 1e-12))
+        lam = float(base_exposure) * np.exp(-p) / extra
+        counts = rng.poisson(lam)
+        p = p - np.log(np.maximum(counts, 0.5) / np.maximum(lam, 1e-12))
     rec = fbp((p / scale).astype(np.float32), theta, filter=filter, progress=progress)
     out = np.ascontiguousarray(rec[:, y0:y0 + ny, x0:x0 + nx])
     out += offset

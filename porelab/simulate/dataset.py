@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from porelab._io import atomic_path, write_json
+from porelab._io import write_json
 from porelab.errors import ConfigError, ScanError
 
 FORMAT = "porelab-dataset/1"
@@ -161,7 +161,8 @@ def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bo
 
     Writes per sample ``<name>_scan.npy`` (float32 reconstructed attenuation, 1/mm), ``<name>_truth.npy``
     and ``<name>_object.npy`` (uint8) and ``<name>_pores.json`` (the placed pores), each atomically, and
-    ``manifest.json`` last, so an interrupted run never leaves a manifest listing missing files.
+    ``manifest.json`` last (the ``.npy`` files get a ``.npy.json`` spacing sidecar, see
+    :func:`porelab.volume.write_volume`), so an interrupted run never leaves a manifest listing missing files.
 
     Parameters
     ----------
@@ -175,6 +176,7 @@ def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bo
     """
     from porelab.simulate.ct import scan_phantom
     from porelab.simulate.phantom import make_phantom
+    from porelab.volume import write_volume
 
     pr = get_preset(preset)
     porosity = pr.porosity if porosity is None else float(porosity)
@@ -199,10 +201,9 @@ def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bo
                            exposure=q["exposure"], hardening=q["hardening"], blur=q["blur"], ring=q["ring"],
                            seed=int(seeds[2 * i + 1].generate_state(1)[0]))
         files = {k: f"{name}_{k}.npy" for k in ("scan", "truth", "object")}
-        for key, arr in (("scan", rec.astype(np.float32)), ("truth", ph.truth), ("object", ph.object)):
-            with atomic_path(out / files[key]) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, arr)
         vox = float(plan["voxel_mm"])
+        for key, arr in (("scan", rec.astype(np.float32)), ("truth", ph.truth), ("object", ph.object)):
+            write_volume(out / files[key], arr, spacing=(vox, vox, vox))  # atomic; spacing in a sidecar
         write_json(out / f"{name}_pores.json", {
             "name": name, "material": plan["material"], "shape": plan["shape"], "voxel_mm": vox,
             "porosity_percent": ph.porosity_percent, "pores": ph.pores,

@@ -92,12 +92,12 @@ def make_phantom(
     nz, ny, nx = (int(s) for s in shape)
     if ny != nx:
         raise ConfigError(f"phantom field must be square in (y, x), got shape {tuple(shape)}")
-    if min(nz, ny) < 16:
-        raise ConfigError(f"phantom shape {tuple(shape)} is too small (need at least 16 voxels per axis)")
     if material not in MATERIALS:
         raise ConfigError(f"unknown material {material!r}; choose one of: {', '.join(MATERIALS)}")
     if part not in ("cylinder", "cube"):
         raise ConfigError(f"unknown part shape {part!r}; choose 'cylinder' or 'cube'")
+    if ny < 16 or nz < (16 if part == "cube" else 4):
+        raise ConfigError(f"phantom shape {tuple(shape)} is too small (need y, x >= 16; z >= 4, cube z >= 16)")
     if not 0.0 <= porosity <= 5.0:
         raise ConfigError(f"porosity {porosity} % is out of range (0-5 %)")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
