@@ -13,7 +13,8 @@ How porelab solves eq. (3)
 For a fixed σ the objective ``Σ_i |a_i − λ g_i|`` (``g = G_σ(D) ≥ 0``) equals ``Σ_i g_i |a_i/g_i − λ|`` plus
 a constant (voxels with ``g_i = 0``), so its minimiser is the **weighted median** of ``a_i / g_i`` with
 weights ``g_i``: exact, no iterative optimiser. What is left is a 1-D search over σ: a log-spaced grid
-(0.25 … 16 voxels, ratio 2) followed by golden-section refinement in log σ around the best grid point. Each
+(0.25 … 16 voxels, ratio 2) followed by golden-section refinement in log σ between the best grid point's
+neighbours (down to a quarter of the smallest σ when the best is the smallest). Each
 step blurs the whole ``D`` once (the expensive part) and solves λ on a random subsample of voxels.
 
 The subsample (``n_sample = 2·10⁶`` voxels by default, drawn with a fixed seed) makes the weighted median
@@ -216,7 +217,8 @@ def surface_compensation(A, V_hat, *, sigmas=None, mask=None, n_sample: int = DE
         evaluate(s)
     if sigmas is None and refine > 0:
         best = min(range(len(grid)), key=lambda i: tried[grid[i]][1])
-        lo = math.log(grid[max(best - 1, 0)])
+        # an optimum at the smallest grid value may lie below it (σ → 0 means G = D): look down to a quarter
+        lo = math.log(grid[best - 1]) if best > 0 else math.log(grid[0] / 4)
         hi = math.log(grid[min(best + 1, len(grid) - 1)])
         _golden(lambda t: evaluate(math.exp(t)), lo, hi, refine)
 
