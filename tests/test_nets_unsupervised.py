@@ -11,7 +11,7 @@ from porelab.errors import ConfigError
 from porelab.losses_vae import build_unsupervised_loss
 from porelab.nets import UNSUPERVISED, build
 
-NETS = ("vae", "cevae", "rvvae")
+NETS = ("vae", "cevae", "gmvae", "vqvae", "rvvae")
 
 #: Iuso et al. (2024), Table 8, parameters at 64³.
 TABLE8 = {"vae": 29.024e6, "cevae": 140.650e6, "gmvae": 383.650e6, "vqvae": 2.511e6, "rvvae": 29.024e6}
@@ -72,23 +72,31 @@ def test_table8_parameter_count_at_scale_one(name):
     assert abs(n / TABLE8[name] - 1) < 0.02, (name, n)
 
 
+#: (scale, learning rate, steps) per net for the short training test (gmVAE is the slowest per step on CPU).
+TRAIN_SETUP = {"vae": (0.125, 3e-3, 40), "cevae": (0.125, 3e-3, 40), "gmvae": (0.0625, 1e-3, 30),
+               "vqvae": (0.125, 3e-3, 40), "rvvae": (0.125, 3e-3, 40)}
+
+
 @pytest.mark.parametrize("name", NETS)
 def test_training_steps_reduce_the_reconstruction_error(name):
+    scale, lr, steps = TRAIN_SETUP[name]
     torch.manual_seed(0)
-    net = build(name, scale=0.125, patch_size=16)
+    net = build(name, scale=scale, patch_size=16)
     x = _toy(16, batch=4)
     loss_fn = build_unsupervised_loss(name)
-    net.eval()
     before = float((net.reconstruct(x) - x).abs().mean())
     net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(40):
-        loss, _ = loss_fn(net(x), x)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, terms = loss_fn(net(x), x)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        losses.append(terms["recon"])
     after = float((net.reconstruct(x) - x).abs().mean())
     assert after < 0.6 * before, (before, after)
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
 
 
 def test_bad_patch_size_and_input_shape_raise_config_error():
@@ -221,3 +229,96 @@ def test_rvvae_is_deterministic_in_training_and_returns_moments():
         zero_var = net.decoder(a["mu"][:, :, None, None, None], torch.zeros_like(a["mu"])[:, :, None, None, None])
     assert not torch.allclose(zero_var[0], a["recon_mean"])
     assert float(zero_var[1].max()) < 1e-8  # a deterministic latent stays (numerically) deterministic
+
+
+# --- gmVAE ---------------------------------------------------------------------------------------------------
+
+
+def test_gmvae_mixture_outputs_and_deterministic_eval():
+    torch.manual_seed(0)
+    net = build("gmvae", scale=TINY, patch_size=32, dim_c=5, dim_z=3, dim_w=2)
+    x = _toy(32)
+    out = net(x)
+    assert out["z_mu"].shape == out["z_logvar"].shape == (2, 3, 2, 2, 2)
+    assert out["w_mu"].shape == (2, 2, 2, 2, 2)
+    assert out["zc_mu"].shape == out["zc_logprec"].shape == (2, 5, 3, 2, 2, 2)
+    assert out["pc"].shape == (2, 5, 2, 2, 2)
+    assert torch.allclose(out["pc"].sum(1), torch.ones(2, 2, 2, 2))
+    # pc is the softmax over components of the Gaussian log-likelihood of z (uniform prior)
+    net.eval()
+    with torch.no_grad():
+        ev = net(x)
+    z = ev["z_mu"].unsqueeze(1)
+    tau = ev["zc_logprec"].exp()
+    loglik = (0.5 * ev["zc_logprec"] - 0.5 * tau * (z - ev["zc_mu"]) ** 2).sum(2)
+    assert torch.allclose(ev["pc"], torch.softmax(loglik, 1), atol=1e-6)
+    # eval decodes z = μ (not 2μ as the public code does): same as decoding the posterior mean directly
+    assert torch.allclose(ev["recon"], net.decode(ev["z_mu"]), atol=1e-6)
+    # training mode samples
+    net.train()
+    with torch.no_grad():
+        assert not torch.equal(net(x)["recon"], net(x)["recon"])
+
+
+def test_gmvae_scale_shrinks_latents_and_components():
+    with torch.device("meta"):
+        small = build("gmvae", scale=0.25)
+        paper = build("gmvae", scale=1.0)
+    assert (paper.dim_c, paper.dim_z, paper.dim_w) == (500, 200, 150)
+    assert (small.dim_c, small.dim_z, small.dim_w) == (125, 50, 38)
+
+
+# --- vqVAE ---------------------------------------------------------------------------------------------------
+
+
+def test_vqvae_codebook_follows_the_ema_in_training_and_is_frozen_in_eval():
+    torch.manual_seed(0)
+    net = build("vqvae", scale=0.125, patch_size=16, num_embeddings=16)
+    vq = net.quantizer
+    x = _toy(16)
+    assert not vq.codebook.requires_grad and not vq.ema_sum.requires_grad
+    start = vq.codebook.detach().clone()
+    net.train()
+    net(x)  # first training step: data-dependent initialisation
+    assert bool(vq.initialised) and not torch.equal(vq.codebook, start)
+    # second training step: check the EMA update against its formula
+    codebook, count, ema_sum = vq.codebook.clone(), vq.ema_count.clone(), vq.ema_sum.clone()
+    with torch.no_grad():
+        z_e = net.encoder(x)
+    out = net(x)
+    flat = z_e.movedim(1, -1).reshape(-1, z_e.shape[1])
+    idx = torch.cdist(flat, codebook).argmin(1)
+    assert torch.equal(out["indices"].flatten(), idx)
+    onehot = torch.nn.functional.one_hot(idx, 16).float()
+    exp_count = 0.99 * count + 0.01 * onehot.sum(0)
+    exp_sum = 0.99 * ema_sum + 0.01 * onehot.t() @ flat
+    n = exp_count.sum()
+    smoothed = (exp_count + 1e-5) / (n + 16 * 1e-5) * n
+    assert torch.allclose(vq.ema_count, exp_count, atol=1e-6)
+    assert torch.allclose(vq.codebook, exp_sum / smoothed[:, None], atol=1e-5)
+    assert not torch.equal(vq.codebook, codebook)
+    # the loss trains the encoder through the straight-through estimator, never the codebook
+    loss, _ = build_unsupervised_loss("vqvae")(net(x), x)
+    loss.backward()
+    assert vq.codebook.grad is None
+    assert float(net.encoder[0].weight.grad.abs().sum()) > 0
+    assert 1.0 <= float(out["perplexity"]) <= 16.0
+    # frozen in eval mode and in reconstruct()
+    frozen = vq.codebook.clone()
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    net.train()
+    net.reconstruct(x)
+    assert torch.equal(vq.codebook, frozen)
+
+
+def test_vqvae_commitment_is_the_distance_to_the_chosen_codes():
+    torch.manual_seed(0)
+    net = build("vqvae", scale=0.125, patch_size=16).eval()
+    x = _toy(16)
+    with torch.no_grad():
+        out = net(x)
+        z_e = net.encoder(x)
+    codes = net.quantizer.codebook[out["indices"]].movedim(-1, 1)
+    assert float(out["commitment"]) == pytest.approx(float(((z_e - codes) ** 2).mean()), rel=1e-5)
