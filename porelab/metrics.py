@@ -286,14 +286,13 @@ def evaluate_scores(score, truth, *, mask=None, threshold: float | None = None, 
         auc = roc_auc(score, truth, mask=mask, method="exact")
     else:
         ap, auc = curve.average_precision(), curve.roc_auc()
+    if not curve.exact and not math.isnan(best_t):
+        best_d = dice(score, truth, best_t, mask=mask)   # exact Dice at the bin edge (one streaming pass)
     if threshold is None:
-        thr = best_t
-        d = dice(score, truth, thr, mask=mask) if not math.isnan(thr) else float("nan")
+        thr, d = best_t, best_d
     else:
         thr = float(threshold)
         d = dice(score, truth, thr, mask=mask)
-    if not curve.exact and not math.isnan(best_t):
-        best_d = dice(score, truth, best_t, mask=mask)   # exact Dice at the bin edge
     n = curve.n_voxels
     return {
         "ap": ap, "auc": auc, "dice": d, "threshold": thr, "best_threshold": best_t, "best_dice": best_d,
