@@ -1,0 +1,144 @@
+"""Pore table and report: analytic spheres and ellipsoids, porosity of placed voxels, files written."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from porelab.errors import ScanError
+from porelab.pores import COLUMNS, pore_table, summarise, write_report
+
+
+def _ellipsoid(shape, centre_mm, semi_mm, spacing):
+    g = np.ogrid[tuple(slice(0, s) for s in shape)]
+    return sum(((gi * s - c) / a) ** 2 for gi, s, c, a in zip(g, spacing, centre_mm, semi_mm, strict=True)) <= 1
+
+
+SPHERES = [((0.20, 0.20, 0.20), 0.06), ((0.40, 0.42, 0.30), 0.045), ((0.52, 0.15, 0.47), 0.03)]
+
+
+def _spheres(spacing=(0.01, 0.01, 0.01), shape=(64, 64, 64)):
+    m = np.zeros(shape, bool)
+    for c, r in SPHERES:
+        m |= _ellipsoid(shape, c, (r, r, r), spacing)
+    return m
+
+
+@pytest.mark.parametrize("spacing", [(0.01, 0.01, 0.01), (0.015, 0.01, 0.0075)])
+def test_spheres_match_analytic_volume_diameter_axes(spacing):
+    shape = tuple(int(0.64 / s) for s in spacing)
+    rows = pore_table(_spheres(spacing, shape), spacing=spacing)
+    assert len(rows) == 3
+    assert set(rows[0]) == set(COLUMNS)
+    for (c, r), row in zip(SPHERES, sorted(rows, key=lambda q: q["centroid_z_mm"]), strict=True):
+        v = 4 / 3 * np.pi * r**3
+        assert row["volume_mm3"] == pytest.approx(v, rel=0.08)
+        assert row["eq_diameter_mm"] == pytest.approx(2 * r, rel=0.03)
+        for a in ("major", "mid", "minor"):
+            assert row[f"axis_{a}_mm"] == pytest.approx(2 * r, abs=0.6 * max(spacing))  # ~half a voxel
+        assert row["aspect_ratio"] < 1.25  # the smallest ball is only 4 voxels across in z
+        assert (row["centroid_z_mm"], row["centroid_y_mm"], row["centroid_x_mm"]) == pytest.approx(
+            c, abs=0.5 * min(spacing))
+        assert 0.85 < row["sphericity"] <= 1.0
+        # the bounding box holds the ball and nothing more
+        for k, ax in enumerate("zyx"):
+            assert row[f"{ax}0"] * spacing[k] == pytest.approx(c[k] - r, abs=1.01 * spacing[k])
+            assert (row[f"{ax}1"] - 1) * spacing[k] == pytest.approx(c[k] + r, abs=1.01 * spacing[k])
+
+
+def test_elongated_pore_aspect_and_lower_sphericity():
+    spacing = (0.01, 0.01, 0.01)
+    m = _ellipsoid((60, 40, 40), (0.3, 0.2, 0.2), (0.16, 0.05, 0.05), spacing)  # keyhole-like, along z
+    (row,) = pore_table(m, spacing=spacing)
+    assert row["axis_major_mm"] == pytest.approx(0.32, rel=0.08)
+    assert row["axis_minor_mm"] == pytest.approx(0.10, rel=0.1)
+    assert row["aspect_ratio"] == pytest.approx(3.2, rel=0.12)
+    assert row["z1"] - row["z0"] > 2.5 * (row["x1"] - row["x0"])
+    (ball,) = pore_table(_ellipsoid((40, 40, 40), (0.2, 0.2, 0.2), (0.1, 0.1, 0.1), spacing), spacing=spacing)
+    assert row["sphericity"] < ball["sphericity"] - 0.1
+
+
+def test_small_pores_use_face_area_and_counts_match_labels(rng):
+    m = rng.random((40, 40, 40)) < 0.03
+    rows = pore_table(m)
+    lab, n = ndimage.label(m)
+    assert len(rows) == n
+    sizes = np.bincount(lab.ravel())[1:]
+    assert [r["voxels"] for r in rows] == sizes.tolist()
+    assert {r["sphericity_method"] for r in rows} == {"faces"}
+    single = next(r for r in rows if r["voxels"] == 1)
+    assert single["surface_area_mm2"] == pytest.approx(4.0)  # 2/3 of six unit faces
+    assert all(0 < r["sphericity"] <= 1 for r in rows)
+
+
+def test_distance_to_surface_is_min_edt_over_the_pore():
+    spacing = (0.02, 0.01, 0.01)
+    m = _spheres(spacing, (32, 64, 64))
+    obj = np.zeros_like(m)
+    obj[1:31, 4:60, 6:58] = True
+    rows = pore_table(m, spacing=spacing, object_mask=obj)
+    edt = ndimage.distance_transform_edt(obj, sampling=spacing)
+    lab, _ = ndimage.label(m)
+    for r in rows:
+        assert r["distance_to_surface_mm"] == pytest.approx(edt[lab == r["id"]].min(), rel=1e-9)
+    assert pore_table(m, spacing=spacing)[0]["distance_to_surface_mm"] is None
+
+
+def test_porosity_matches_placed_voxels_and_states_reference():
+    m = _spheres()
+    obj = np.zeros_like(m)
+    obj[8:60, 5:60, 5:60] = True
+    placed = int((m & obj).sum())
+    s = summarise(m, spacing=(0.01, 0.01, 0.01), object_mask=obj)
+    assert s["pore_count"] == 3
+    assert s["pore_volume_voxels"] == int(m.sum())
+    assert s["object_volume_voxels"] == int(obj.sum())
+    assert s["porosity_percent"] == pytest.approx(100 * placed / obj.sum())
+    assert "given object mask" in s["porosity_reference"]
+    assert s["largest_pore"]["voxels"] == max(r["voxels"] for r in pore_table(m))
+    assert s["eq_diameter_mm"]["p10"] < s["eq_diameter_mm"]["p50"] < s["eq_diameter_mm"]["p90"]
+    s_all = summarise(m)
+    assert s_all["porosity_percent"] == pytest.approx(100 * m.sum() / m.size)
+    assert "all voxels" in s_all["porosity_reference"]
+
+
+def test_write_report_files_and_object_from_scan(tmp_path, rng):
+    m = _spheres()
+    part = np.zeros(m.shape, bool)
+    part[4:60, 4:60, 4:60] = True
+    scan = (part & ~m).astype(np.float32) + rng.normal(0, 0.05, m.shape).astype(np.float32)
+    score = m.astype(np.float32) * 0.9
+    s = write_report(m.astype(np.uint8), tmp_path / "rep", volume=scan, spacing=(0.01, 0.01, 0.01),
+                     score=score, parameters={"threshold": 0.5})
+    out = tmp_path / "rep"
+    assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "pores.csv", "size_histogram.png",
+                                                      "summary.json"]
+    for png in ("overlay.png", "size_histogram.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "pores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and list(rows[0]) == COLUMNS
+    assert float(rows[0]["score_max"]) == pytest.approx(0.9)
+    js = json.loads((out / "summary.json").read_text())
+    assert js == json.loads(json.dumps(s))
+    assert js["parameters"]["threshold"] == 0.5
+    assert "from the scan" in js["porosity_reference"]
+    # the object found from the scan is the part, so porosity is relative to it
+    assert js["porosity_percent"] == pytest.approx(100 * m.sum() / part.sum(), rel=0.02)
+    assert all(r["distance_to_surface_mm"] != "" for r in rows)
+
+
+def test_empty_mask_and_bad_shapes(tmp_path):
+    s = write_report(np.zeros((8, 9, 10), np.uint8), tmp_path / "empty")
+    assert s["pore_count"] == 0 and s["porosity_percent"] == 0.0 and s["largest_pore"] is None
+    assert s["units"] == "voxel"
+    assert (tmp_path / "empty" / "overlay.png").exists()
+    with pytest.raises(ScanError):
+        write_report(np.zeros((8, 9, 10), bool), tmp_path / "bad", volume=np.zeros((8, 9, 11), np.float32))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ScanError):
+        pore_table(np.zeros((8, 9)))
