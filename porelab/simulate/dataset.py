@@ -66,14 +66,15 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # seconds: tests and CI (a larger porosity so that every tiny scan holds several pores)
     "smoke": Preset("smoke", (32, 48, 48), (32, 48, 48), 72, 48,
-                    {"Ti6Al4V": 700.0, "CoCr": 400.0, "316L": 400.0, "cube": 150.0}, porosity=2.0),
+                    {"Ti6Al4V": 500.0, "CoCr": 280.0, "316L": 280.0, "cube": 110.0}, porosity=2.0),
     # the default: about a minute for the whole dataset on a 2-core CPU
     "quick": Preset("quick", (96, 128, 128), (96, 128, 128), 200, 134,
-                    {"Ti6Al4V": 1900.0, "CoCr": 1000.0, "316L": 1000.0, "cube": 450.0}),
+                    {"Ti6Al4V": 1500.0, "CoCr": 600.0, "316L": 600.0, "cube": 350.0}),
     # the paper's 10 µm voxels: Ø5 mm = 500 voxels in a 1111² field, 20 mm = 2000 slices; the 9 mm cube in
-    # a 1800² field (≈ 6.5 G + 3.2 G voxels of float32 per scan: a big machine's job), 4283 / 2878 projections
+    # a 1800² field, 4283 / 2878 projections (2.5 G / 3.2 G voxels per scan: a big machine's job). Photon
+    # counts keep the quick preset's noise in 1/mm: FBP noise variance ∝ 1 / (I0 · projections · voxel²)
     "paper": Preset("paper", (2000, 1111, 1111), (1000, 1800, 1800), 4283, 2878,
-                    {"Ti6Al4V": 4000.0, "CoCr": 2000.0, "316L": 2000.0, "cube": 900.0}),
+                    {"Ti6Al4V": 5300.0, "CoCr": 2100.0, "316L": 2100.0, "cube": 3200.0}),
 }
 
 
