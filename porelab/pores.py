@@ -393,12 +393,13 @@ def _png(fig) -> bytes:
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png")  # no bbox_inches="tight": it renders the figure twice
     return buf.getvalue()
 
 
 def _histogram_png(table, unit: str) -> bytes:
     fig = _figure(6, 4)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.9)
     ax = fig.add_subplot()
     d = np.array([r["eq_diameter_mm"] for r in table])
     if d.size:
@@ -410,6 +411,9 @@ def _histogram_png(table, unit: str) -> bytes:
         ax.text(0.5, 0.5, "no pores", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"equivalent sphere diameter ({unit})")
     ax.set_ylabel("pores")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{len(table)} pores")
     return _png(fig)
 
@@ -422,23 +426,26 @@ def _overlay_png(m: np.ndarray, scan, largest, spacing) -> bytes:
     else:
         c = [s // 2 for s in m.shape]
     c = [min(max(v, 0), s - 1) for v, s in zip(c, m.shape, strict=True)]
-    fig = _figure(12, 4.2)
-    views = [("z", (c[0], slice(None), slice(None)), ("x", "y")),
-             ("y", (slice(None), c[1], slice(None)), ("x", "z")),
-             ("x", (slice(None), slice(None), c[2]), ("y", "z"))]
-    for k, (axis, index, (xl, yl)) in enumerate(views):
+    fig = _figure(12, 4.4)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.1, top=0.84, wspace=0.25)
+    sz, sy, sx = spacing
+    views = [("z", (c[0], slice(None), slice(None)), ("x", "y"), sy / sx),
+             ("y", (slice(None), c[1], slice(None)), ("x", "z"), sz / sx),
+             ("x", (slice(None), slice(None), c[2]), ("y", "z"), sz / sy)]
+    for k, (axis, index, (xl, yl), aspect) in enumerate(views):
         ax = fig.add_subplot(1, 3, k + 1)
         pm = np.asarray(m[index])
         if scan is not None:
             g = np.asarray(scan[index], dtype=np.float32)
             fin = g[np.isfinite(g)]
             lo, hi = (np.percentile(fin, [1, 99.5]) if fin.size else (0, 1))
-            ax.imshow(g, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+            ax.imshow(g, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest",
+                      aspect=aspect)
         else:
-            ax.imshow(np.zeros(pm.shape), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(np.zeros(pm.shape), cmap="gray", vmin=0, vmax=1, aspect=aspect)
         rgba = np.zeros(pm.shape + (4,), dtype=np.float32)
         rgba[pm] = (1.0, 0.1, 0.1, 0.6)
-        ax.imshow(rgba, interpolation="nearest")
+        ax.imshow(rgba, interpolation="nearest", aspect=aspect)
         ax.set_title(f"{axis} = {c['zyx'.index(axis)]}  ({int(pm.sum())} pore voxels)")
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)

@@ -563,14 +563,15 @@ def read_volume(path, *, spacing=None, mmap: bool = True) -> Volume:
     return Volume(array, (1.0, 1.0, 1.0), path, False, meta)
 
 
-def read_mask(path, *, like=None) -> np.ndarray:
+def read_mask(path, *, like=None, with_spacing: bool = False):
     """Read a binary mask (any scan format) as a bool (z, y, x) array; non-zero voxels are True.
 
     An all-zero mask is valid (a part without pores). ``like`` (an array or shape) checks the shape.
-    Use :func:`read_volume` on the same path when the mask's spacing is needed.
+    With ``with_spacing=True`` returns ``(mask, spacing)``, spacing (mm, z, y, x) or None if the file
+    has none.
     """
     path = Path(path)
-    array, _, _ = _read_any(path, mmap=True)
+    array, spacing, _ = _read_any(path, mmap=True)
     array = _validate(array, path, mask=True)
     if np.issubdtype(array.dtype, np.floating):
         out = np.zeros(array.shape, dtype=bool)
@@ -583,6 +584,8 @@ def read_mask(path, *, like=None) -> np.ndarray:
         shape = tuple(like.shape) if hasattr(like, "shape") else tuple(like)
         if out.shape != shape:
             raise ScanError(f"{path}: mask shape {out.shape} differs from the scan's {shape}")
+    if with_spacing:
+        return out, (_as_spacing(spacing, path) if spacing is not None else None)
     return out
 
 

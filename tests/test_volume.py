@@ -115,7 +115,6 @@ def test_raw_big_endian_sidecar(tmp_path):
 
 
 def test_zarr_without_package_is_a_clear_error(tmp_path, rng):
-    pytest.importorskip  # zarr is optional; only the missing-package path is checked when it is absent
     try:
         import zarr  # noqa: F401
     except ImportError:
@@ -179,7 +178,7 @@ def test_bad_inputs_raise_one_line_scan_error_naming_the_file(tmp_path, rng):
 
 
 def test_constant_found_even_when_sample_misses_the_variation(tmp_path, monkeypatch):
-    import porelab.volume as volume
+    from porelab import volume
 
     monkeypatch.setattr(volume, "_SAMPLE_VOXELS", 16)  # forces a strided sample that skips slice 3
     a = np.zeros((8, 4, 4), np.float32)
@@ -211,7 +210,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_scan_stats_are_exact_across_slabs(rng):
     a = rng.normal(size=(40, 30, 20)).astype(np.float32)
     a[5, 5, 5] = np.nan
-    import porelab.volume as volume
+    from porelab import volume
 
     slabs = list(iter_slabs(a.shape, max_voxels=1000))
     assert len(slabs) == 40 and slabs[-1] == slice(39, 40)

@@ -1,0 +1,171 @@
+"""``porelab info``, ``porelab label`` and ``porelab report``: scans in, Algorithm 1 labels, the pore report."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+_SPACING_HELP = "Voxel size in mm, order z y x (overrides the file's metadata), e.g. --spacing 0.01 0.01 0.01."
+
+
+@contextmanager
+def _one_line_warnings():
+    """Show library warnings as one ``porelab: warning: …`` line each, not Python's two-line format."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, (DeprecationWarning, FutureWarning)):
+                    continue
+                click.echo(f"porelab: warning: {' '.join(str(w.message).split())}", err=True)
+
+
+def _check_output(path: Path, *, inputs=()) -> None:
+    """Fail before any work when the output path has an unknown format or would overwrite an input."""
+    from porelab.errors import ConfigError
+    from porelab.volume import SCAN_SUFFIXES
+
+    name = path.name.lower()
+    if path.suffix and not any(name.endswith(s) for s in SCAN_SUFFIXES):
+        raise ConfigError(f"{path}: unknown output format {path.suffix}; use one of {', '.join(SCAN_SUFFIXES)}")
+    for p in inputs:
+        if p is not None and Path(p).resolve() == path.resolve():
+            raise ConfigError(f"{path}: output would overwrite the input")
+
+
+@click.command(name="info")
+@click.argument("scan", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--spacing", nargs=3, type=float, default=None, metavar="Z Y X", help=_SPACING_HELP)
+def info(scan: Path, as_json: bool, spacing):
+    """Shape, dtype, voxel spacing and value range of a scan.
+
+    SCAN is a .tif/.tiff stack, a folder of 2-D TIFF slices, .npy, .nii/.nii.gz, .mhd/.mha, .nrrd,
+    .raw/.vol (with a <file>.json sidecar or a .vgi header), .vgi or .zarr. Arrays are reported in
+    (z, y, x) order and spacing in mm (z, y, x); min/max/mean are exact, computed slab by slab, so a
+    10^9-voxel scan is read once without loading it into memory.
+
+    \b
+    Example:
+      porelab info part.tif --json
+      {"shape": [400, 512, 512], "dtype": "uint16", "spacing": [0.01, 0.01, 0.01], ...}
+    """
+    from porelab.volume import read_volume, scan_stats
+
+    vol = read_volume(scan, spacing=spacing)
+    stats = scan_stats(vol.array, progress=vol.array.size > (1 << 26))
+    out = {"path": str(scan), "format": vol.meta.get("format"), "shape": list(vol.shape),
+           "dtype": str(vol.dtype), "spacing": list(vol.spacing), "spacing_known": vol.spacing_known,
+           "min": stats["min"], "max": stats["max"], "mean": stats["mean"], "nan_count": stats["nan_count"]}
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    z, y, x = vol.shape
+    sz, sy, sx = vol.spacing
+    unit = "mm" if vol.spacing_known else "(unknown: voxel units; pass --spacing Z Y X in mm)"
+    click.echo(f"{scan}  [{out['format']}]")
+    click.echo(f"  shape (z, y, x)   {z} x {y} x {x}  ({vol.array.size:,} voxels, {out['dtype']})")
+    click.echo(f"  spacing (z, y, x) {sz:g} x {sy:g} x {sx:g} {unit}")
+    click.echo(f"  values            min {out['min']:g}  max {out['max']:g}  mean {out['mean']:g}"
+               + (f"  ({out['nan_count']} NaN/inf ignored)" if out["nan_count"] else ""))
+
+
+@click.command(name="label")
+@click.argument("scan", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
+              help="Mask to write (uint8, 1 = pore); its extension picks the format (.npy, .tif, .nii.gz, …).")
+@click.option("--min-extent", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Drop a pore whose bounding box is shorter than this many voxels along any axis.")
+@click.option("--corners", type=click.Choice(["one", "all"]), default="one", show_default=True,
+              help="Flood-fill the background from the first low corner (the paper) or from all of them.")
+@click.option("--spacing", nargs=3, type=float, default=None, metavar="Z Y X", help=_SPACING_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts and thresholds as JSON.")
+def label(scan: Path, output: Path, min_extent: int, corners: str, spacing, as_json: bool):
+    """Heuristic pore labels by Algorithm 1 of Iuso et al. (2024).
+
+    Otsu threshold over the scan -> low voxels; flood fill of the low voxels 6-connected to a corner
+    (the first of (0,0,0), (0,0,X-1), (0,Y-1,0), ... that is low) -> background; its inverse is the
+    watertight object; Otsu again inside the object -> pore candidates; 6-connected components whose
+    bounding box is shorter than --min-extent voxels along any axis (z, y, x) are dropped.
+    Prints the pore count and the porosity in % of the watertight object. The mask keeps the scan's
+    spacing (mm, z y x) where the format can store it.
+
+    \b
+    Example:
+      porelab label data/cyl1_scan.npy -o cyl1_labels.npy
+      cyl1_labels.npy: 143 pores, porosity 0.912 % of the watertight object (...)
+    """
+    from porelab.labels import run_algorithm1
+    from porelab.volume import read_volume, write_volume
+
+    _check_output(output, inputs=[scan])
+    vol = read_volume(scan, spacing=spacing)
+    with _one_line_warnings():
+        res = run_algorithm1(vol.array, min_extent=min_extent, corners=corners, progress=True)
+    write_volume(output, res.pores.view("uint8"), spacing=vol.spacing)
+    s = res.summary()
+    if as_json:
+        click.echo(json.dumps(dict(s, output=str(output), spacing=list(vol.spacing))))
+        return
+    click.echo(f"{output}: {s['pores']} pores, porosity {s['porosity_percent']:.3f} % of the watertight "
+               f"object ({s['pore_voxels']:,} of {s['object_voxels']:,} voxels; Otsu thresholds "
+               f"{s['low_threshold']:.4g} (air) and {s['pore_threshold']:.4g} (pores), min extent {min_extent})")
+
+
+@click.command(name="report")
+@click.argument("mask", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder for pores.csv, summary.json, size_histogram.png and overlay.png.")
+@click.option("--volume", "volume", type=click.Path(path_type=Path), default=None,
+              help="The scan: grey overlay, voxel size and the watertight object (for porosity %% and "
+                   "distance to surface).")
+@click.option("--object", "object_path", type=click.Path(path_type=Path), default=None,
+              help="A watertight object mask to use instead of the one found in --volume.")
+@click.option("--spacing", nargs=3, type=float, default=None, metavar="Z Y X",
+              help="Voxel size in mm, order z y x; default: from the scan's (else the mask's) metadata.")
+def report(mask: Path, out_dir: Path, volume: Path | None, object_path: Path | None, spacing):
+    """Per-pore analysis of a pore mask: table, porosity %, size histogram and slice overlay.
+
+    Pores are the 6-connected components of MASK (non-zero = pore). Writes into DIR:
+    pores.csv (one row per pore: id, voxels, volume mm^3, equivalent sphere diameter, Wadell sphericity
+    (<= 1; marching cubes for pores >= 100 voxels, else voxel faces), bounding box z0 y0 x0 z1 y1 x1,
+    centroid z y x in mm, principal-axis lengths and aspect ratio, distance to the part's surface when the
+    object is known), summary.json (pore_count, pore_volume_voxels, porosity_percent relative to the
+    watertight object, eq. diameter percentiles, largest pore, definitions), size_histogram.png and
+    overlay.png. Arrays are (z, y, x); lengths are in mm, or in voxels when no spacing is known.
+
+    \b
+    Example:
+      porelab report cyl1_labels.npy --volume data/cyl1_scan.npy -o cyl1_report
+      porelab report mask.tif --spacing 0.01 0.01 0.01 -o report
+    """
+    from porelab.pores import write_report
+    from porelab.volume import read_mask, read_volume
+
+    m, mask_spacing = read_mask(mask, with_spacing=True)
+    vol = read_volume(volume, spacing=spacing) if volume is not None else None
+    if vol is not None and vol.shape != m.shape:
+        from porelab.errors import ScanError
+
+        raise ScanError(f"{volume}: scan shape {vol.shape} differs from the mask's {m.shape} ({mask})")
+    obj = read_mask(object_path, like=m) if object_path is not None else None
+    if spacing is None:
+        if vol is not None and vol.spacing_known:
+            spacing = vol.spacing
+        elif mask_spacing is not None:
+            spacing = mask_spacing
+        else:
+            click.echo("porelab: warning: no voxel size known (pass --spacing Z Y X in mm); "
+                       "lengths and volumes are in voxel units", err=True)
+    with _one_line_warnings():
+        s = write_report(m, out_dir, volume=vol, spacing=spacing, object_mask=obj, progress=True)
+    unit = "mm" if s["units"] == "mm" else "voxels"
+    p50 = s["eq_diameter_mm"]["p50"]
+    click.echo(f"{out_dir}: {s['pore_count']} pores, porosity {s['porosity_percent']:.3f} % "
+               f"({s['porosity_reference']})" + (f", median eq. diameter {p50:.4g} {unit}" if p50 else ""))
