@@ -66,13 +66,13 @@ def child(folder: Path, exact_check: int) -> dict:
     th = threading.Thread(target=sample, daemon=True)
     base = _anon_mb()
     th.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = evaluate_scores(s, t, method="binned")
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     stop.set()
     th.join()
     out = {"shape": list(s.shape), "voxels": int(s.size), "seconds": round(seconds, 2),
-           "voxels_per_s": round(s.size / seconds), "peak_rss_mb": round(
+           "cpu_seconds": round(cpu, 2), "voxels_per_s": round(s.size / seconds), "peak_rss_mb": round(
                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "peak_anon_mb": round(peak[0], 1), "anon_before_mb": round(base, 1),
            "ap": res["ap"], "auc": res["auc"], "best_dice": res["best_dice"], "method": res["method"]}
