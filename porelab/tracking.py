@@ -259,9 +259,9 @@ def fail_orphaned_trials(study) -> list[int]:
 
     failed = []
     storage = study._storage
-    from optuna.storages._heartbeat import BaseHeartbeat
+    from optuna.storages._heartbeat import is_heartbeat_enabled
 
-    if isinstance(storage, BaseHeartbeat) and storage.is_heartbeat_enabled():
+    if is_heartbeat_enabled(storage):
         with warnings.catch_warnings(), contextlib.suppress(Exception):
             warnings.simplefilter("ignore")
             before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}

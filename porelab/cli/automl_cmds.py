@@ -1,0 +1,162 @@
+"""``porelab search``, ``cv``, ``pseudolabel``, ``retrain``: thin wrappers over :mod:`porelab.search`.
+
+MLflow and Optuna are imported inside the commands so ``porelab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+_PROFILES = click.Choice(["smoke", "quick", "paper"])
+
+
+def _echo_json(obj) -> None:
+    def default(o):
+        return o.item() if hasattr(o, "item") else str(o)
+
+    text = json.dumps(obj, indent=2, default=default)
+    click.echo(text.replace("NaN", "null"))
+
+
+def _parse_params(items) -> dict:
+    from porelab.errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@click.command("search")
+@click.option("--profile", type=_PROFILES, default="quick", show_default=True,
+              help="smoke (CI, ~3 min), quick (2-core CPU, ~30 min), paper (the paper's sizes; GPUs).")
+@click.option("--data", default="", help="Dataset folder with manifest.json; empty: simulate one into "
+              "porelab-data/<profile> beside mlflow.db (reused when already there).")
+@click.option("--n-trials", type=int, default=0, show_default=True,
+              help="Trials this worker runs in each study; 0 = the profile's budgets.")
+@click.option("--study-name", default="porelab", show_default=True,
+              help="Optuna study prefix (<name>-unsupervised, <name>-supervised); the same name resumes.")
+@click.option("--storage", default="", help="Optuna storage: empty = sqlite optuna.db beside mlflow.db; "
+              "any RDB URL (postgresql://…) or a journal file path ending in .log.")
+@click.option("--seed", type=int, default=0, show_default=True, help="One seed for data, samplers, training.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def search(profile, data, n_trials, study_name, storage, seed, quiet):
+    """The whole AutoML pipeline: unsupervised study → register → pseudo-labels → supervised study.
+
+    Scans are (z, y, x). Tracking goes to MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db; runs nest
+    search → study → trial → fold. Both best models are registered (porelab-unsupervised,
+    porelab-supervised) and promoted by registry/policy.json. Prints a JSON summary.
+
+    \b
+    Example:
+      porelab search --profile smoke
+      mlflow run . -e search --env-manager local -P profile=quick   # the same as an MLflow Project
+      mlflow ui --backend-store-uri sqlite:///mlflow.db             # then open http://127.0.0.1:5000
+    """
+    from porelab.search import run_search
+
+    summary = run_search(profile, data or None, n_trials or None, study_name, storage or None, seed,
+                         progress=not quiet)
+    _echo_json({k: summary[k] for k in ("run_id", "profile", "seconds", "unsupervised", "unsupervised_registry",
+                                        "supervised", "supervised_registry") if k in summary})
+
+
+@click.command("cv")
+@click.option("--data", default="", help="Dataset folder with manifest.json (empty: simulated, as search).")
+@click.option("--net", required=True, help="Network: unet mssunet unetpp unet3p accunet vae cevae gmvae vqvae rvvae.")
+@click.option("--profile", type=_PROFILES, default="quick", show_default=True, help="Sizes and budgets.")
+@click.option("--labels", default="truth", show_default=True,
+              help="Supervised training labels: truth, alg1 (Algorithm 1), or a folder of <scan>_pseudo.npy.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Loss parameter (e.g. alpha=0.7, kl_weight=1e-5); repeatable.")
+@click.option("--scale", type=float, default=None, help="Width multiplier (default: the profile's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def cv(data, net, profile, labels, params, scale, seed, quiet):
+    """Cross-validate one network configuration (leave one cv scan out), tracked in MLflow.
+
+    Prints the mean fold metrics (AP, ROC-AUC, Dice of the pore class inside the part, on the held-out
+    and on the hard scan) as JSON.
+
+    \b
+    Example:
+      porelab cv --net cevae --profile smoke --param kl_weight=1e-5
+      porelab cv --net unet --labels alg1 --param alpha=0.7 --param beta=0.3
+    """
+    from porelab.search import run_cv
+
+    kwargs = {"scale": scale} if scale else {}
+    result = run_cv(net, profile, data or None, labels, seed, net_kwargs=kwargs,
+                    loss_params=_parse_params(params), progress=not quiet)
+    _echo_json({k: v for k, v in result.items() if not (isinstance(v, float) and math.isnan(v))})
+
+
+@click.command("pseudolabel")
+@click.option("--data", required=True, help="Dataset folder with manifest.json.")
+@click.option("--model", "model", default="porelab-unsupervised", show_default=True,
+              help="Registered name (its Production version), models:/NAME@ALIAS, models:/NAME/STAGE|VERSION, "
+              "or a model folder.")
+@click.option("-o", "--out", "out", required=True, help="Output folder: <scan>_pseudo.npy (uint8) + stats.json.")
+@click.option("--profile", type=_PROFILES, default="quick", show_default=True, help="(for the policy defaults)")
+def pseudolabel(data, model, out, profile):
+    """Pseudo-labels of every cv scan of a dataset from an (unsupervised) model.
+
+    Score → threshold (the model's) inside the part → pores smaller than the policy's minimum
+    (registry/policy.json) removed. Writes one uint8 (z, y, x) mask per scan and stats.json (porosity %,
+    pore count, Dice against truth and against Algorithm 1 labels).
+
+    \b
+    Example:
+      porelab pseudolabel --data porelab-data/quick -o labels
+      porelab retrain --data porelab-data/quick --labels labels
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    from porelab import tracking
+    from porelab._io import atomic_path
+    from porelab.search import make_context, pseudo_labels
+
+    tracking.setup_mlflow()
+    ctx = make_context(profile, data, 0)
+    labels, stats, info = pseudo_labels(ctx, model)
+    with atomic_path(Path(out), is_dir=True) as tmp:
+        tmp.mkdir(exist_ok=True)
+        for name, mask in labels.items():
+            np.save(tmp / f"{name}_pseudo.npy", mask.astype(np.uint8))
+        (tmp / "stats.json").write_text(json.dumps({"info": info, "scans": stats}, indent=2) + "\n")
+    _echo_json({"out": str(out), **info, "scans": stats})
+
+
+@click.command("retrain")
+@click.option("--data", required=True, help="Dataset folder with manifest.json.")
+@click.option("--labels", default="", help="Folder of <scan>_pseudo.npy; empty: pseudo-labels from "
+              "models:/porelab-unsupervised@production.")
+@click.option("--profile", type=_PROFILES, default="quick", show_default=True)
+@click.option("--n-trials", type=int, default=0, show_default=True, help="0 = the profile's budget.")
+@click.option("--study-name", default="porelab", show_default=True)
+@click.option("--storage", default="", help="Optuna storage (as for `porelab search`).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def retrain(data, labels, profile, n_trials, study_name, storage, seed, quiet):
+    """Supervised study (FTL α, β, γ + UNet family) on pseudo-labels; registers porelab-supervised.
+
+    \b
+    Example:
+      porelab retrain --data porelab-data/quick --profile quick --n-trials 4
+    """
+    from porelab.search import run_retrain
+
+    result = run_retrain(profile, data, labels or None, n_trials or None, study_name, storage or None, seed,
+                         progress=not quiet)
+    _echo_json(result)
