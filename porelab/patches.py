@@ -166,7 +166,8 @@ def make_queue(subjects: list, *, patch: int, supervised: bool, samples_per_volu
             raise ConfigError(f"scan {s.get('name')!r} has no label; supervised nets need one")
     dataset = tio.SubjectsDataset(subjects, transform=transform)
     sampler = make_sampler(patch, supervised=supervised, pore_ratio=pore_ratio)
-    return tio.Queue(dataset, max_length=max(max_length, 1), samples_per_volume=samples_per_volume,
+    # TorchIO's queue cannot hold fewer patches than one scan gives
+    return tio.Queue(dataset, max_length=max(max_length, samples_per_volume, 1), samples_per_volume=samples_per_volume,
                      sampler=sampler, num_workers=0, shuffle_subjects=shuffle, shuffle_patches=shuffle,
                      start_background=False)
 

@@ -1,0 +1,150 @@
+"""PoreModel: save/load round trip, per-scan normalisation, unsupervised scoring, errors, resolve_model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from porelab.errors import ModelError
+from porelab.model import PoreModel, choose_threshold, resolve_model
+from porelab.nets import build
+from porelab.normalise import Normalisation
+
+
+def _scan(rng, shape=(24, 40, 36)):
+    z, y, x = np.indices(shape)
+    part = ((y - shape[1] / 2) ** 2 + (x - shape[2] / 2) ** 2) < (0.35 * shape[1]) ** 2
+    pores = ((z - 12) ** 2 + (y - 20) ** 2 + (x - 18) ** 2) <= 6
+    scan = np.where(part & ~pores, 1200.0, 100.0) + rng.normal(0, 20, shape)
+    return scan.astype(np.float32)
+
+
+def _model(name="unet", rng=None, **kw):
+    torch.manual_seed(0)
+    net_kwargs = {"scale": 0.125} if name == "unet" else {"scale": 0.125, "patch_size": 16}
+    net = build(name, **net_kwargs)
+    norm = Normalisation.fit(_scan(rng or np.random.default_rng(0)))
+    return PoreModel.from_trained(net, name, norm, "smoke", net_kwargs=net_kwargs, patch=16, threshold=0.4, **kw)
+
+
+def test_supervised_round_trip_identical_predictions(tmp_path, rng):
+    model = _model("unet", meta={"ap": 0.5})
+    scan = _scan(rng)
+    before = model.predict(scan)
+    assert before.shape == scan.shape and before.dtype == np.float32
+    assert 0.0 <= before.min() and before.max() <= 1.0
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "weights.pt"]
+    cfg = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert cfg["kind"] == "supervised" and cfg["name"] == "unet" and cfg["threshold"] == 0.4
+    loaded = PoreModel.load(tmp_path / "m")
+    assert loaded.meta == {"ap": 0.5, "profile": "smoke"} and loaded.patch == 16
+    np.testing.assert_array_equal(loaded.predict(scan), before)
+    _, mask = loaded.segment(scan)
+    np.testing.assert_array_equal(mask, before >= 0.4)
+
+
+def test_unsupervised_round_trip_and_postprocess_flag(tmp_path, rng):
+    from porelab.postprocess import anomaly_map, surface_compensation
+
+    model = _model("vae")
+    assert model.kind == "unsupervised"
+    scan = _scan(rng)
+    score, info = model.predict(scan, return_info=True)
+    assert {"lambda", "sigma", "air", "material"} <= set(info)
+    model.save(tmp_path / "v")
+    np.testing.assert_array_equal(PoreModel.load(tmp_path / "v").predict(scan), score)
+    # the score is the surface-compensated |x - x_hat| of the reassembled reconstruction
+    from porelab.patches import predict_volume
+
+    norm = Normalisation.fit(scan)
+    net = model.net("cpu")
+    x_hat = predict_volume(lambda t: net.reconstruct(norm.apply_torch(t)), scan, patch=16, progress=False)
+    a = anomaly_map(norm.apply(scan), x_hat)
+    np.testing.assert_allclose(score, surface_compensation(a, x_hat)[0], atol=1e-6)
+    raw = model.replace(postprocess=False).predict(scan)
+    np.testing.assert_allclose(raw, a, atol=1e-6)
+
+
+def test_per_scan_normalisation_makes_grey_levels_irrelevant(rng):
+    model = _model("unet")
+    scan = _scan(rng)
+    a = model.predict(scan)
+    b = model.predict(scan * 3.0 + 500.0)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    fixed = model.replace(normalisation=Normalisation(air=0.0, material=1.0, per_scan=False))
+    assert np.abs(fixed.predict(scan) - a).max() > 1e-3
+
+
+def test_out_memmap_receives_the_score(tmp_path, rng):
+    model = _model("unet")
+    scan = _scan(rng)
+    out = np.lib.format.open_memmap(tmp_path / "s.npy", mode="w+", dtype=np.float32, shape=scan.shape)
+    model.predict(scan, out=out)
+    del out
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), model.predict(scan))
+
+
+def test_load_errors_are_one_line(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        PoreModel.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="missing model.json"):
+        PoreModel.load(tmp_path / "empty")
+    _model("unet").save(tmp_path / "m")
+    (tmp_path / "m" / "weights.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ModelError, match="unreadable weights") as exc:
+        PoreModel.load(tmp_path / "m")
+    assert "\n" not in str(exc.value)
+    _model("unet").save(tmp_path / "m2")
+    (tmp_path / "m2" / "model.json").write_text("{broken")
+    with pytest.raises(ModelError, match="unreadable model description"):
+        PoreModel.load(tmp_path / "m2")
+    _model("unet").save(tmp_path / "m3")
+    cfg = json.loads((tmp_path / "m3" / "model.json").read_text())
+    cfg["net_kwargs"]["scale"] = 0.25  # weights no longer fit
+    (tmp_path / "m3" / "model.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="do not fit"):
+        PoreModel.load(tmp_path / "m3")
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    model = _model("unet")
+    model.save(tmp_path / "m")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        model.replace(threshold=0.9).save(tmp_path / "m")
+    with pytest.raises(OSError):
+        model.save(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    assert PoreModel.load(tmp_path / "m").threshold == 0.4  # the old folder survived intact
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_resolve_model(tmp_path):
+    _model("unet").save(tmp_path / "m")
+    assert isinstance(resolve_model(tmp_path / "m"), PoreModel)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ModelError, match="must be a folder"):
+        resolve_model(tmp_path / "file.txt")
+    with pytest.raises(ModelError, match="model folder not found"):
+        resolve_model(tmp_path / "nope" / "model")
+
+
+def test_choose_threshold_policies(rng):
+    truth = np.zeros((10, 10, 10), bool)
+    truth[2:4, 2:4, 2:4] = True
+    score = np.where(truth, 0.7, 0.2).astype(np.float32) + rng.uniform(0, 0.05, truth.shape).astype(np.float32)
+    thr, policy = choose_threshold(score, truth)
+    assert "f1" in policy and score[~truth].max() < thr <= score[truth].min()
+    assert np.array_equal(score >= thr, truth)
+    assert choose_threshold(score, None, kind="supervised")[0] == 0.5
+    thr_u, policy_u = choose_threshold(score, None, kind="unsupervised")
+    assert "percentile" in policy_u and thr_u == pytest.approx(np.percentile(score, 99.0))
