@@ -23,6 +23,8 @@ blocks (multi-level feature compilation), and BatchNorm + LeakyReLU (slope 0.01)
 The paper's code ignores dropout for this net; so does porelab unless ``dropout > 0`` is given (then a
 Dropout3d follows every decoder level). 5,062,103 trainable parameters at the paper's size (Table 8:
 5.062 M); peak memory is large (Table 8: ~7 GB at 64³), mostly from the ``f = 34`` block and the HANC copies.
+BatchNorm needs more than one value per channel in training mode: with 16³ patches the bottleneck is 1³, so a
+training batch must hold at least 2 patches.
 """
 
 from __future__ import annotations

@@ -129,10 +129,10 @@ class SupervisedNet(nn.Module):
     @staticmethod
     def _check_input(x: torch.Tensor, multiple: int) -> None:
         if x.dim() != 5:
-            raise ValueError(f"expected input (B, C, D, H, W), got shape {tuple(x.shape)}")
+            raise ConfigError(f"expected a network input (B, C, D, H, W), got shape {tuple(x.shape)}")
         bad = [s for s in x.shape[2:] if s % multiple]
         if bad:
-            raise ValueError(f"every spatial size must be divisible by {multiple}, got {tuple(x.shape[2:])}")
+            raise ConfigError(f"patch size {tuple(x.shape[2:])}: every spatial size must be divisible by {multiple}")
 
     def _want_all(self) -> bool:
         return self.deep_supervision and self.training
