@@ -129,7 +129,6 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
     net_kwargs = {"scale": scale} if supervised else {"scale": scale, "patch_size": config.patch}
 
     t0 = time.perf_counter()
-    click.echo(f"loading {data} ({labels} labels)", err=True)
     samples, raws, truths = load_training_scans(data, labels=labels)
     train_s, val_s = samples[:-1], samples[-1:]
     if not supervised:  # unsupervised nets never see labels in training
@@ -213,24 +212,19 @@ def segment(scan, output, model_spec, threshold, spacing, no_score, mask_format,
             mask[z:z + 16] = np.asarray(score[z:z + 16]) >= thr
         if out is not None:
             out.flush()
-        del score, out
         write_volume(tmp / f"mask.{mask_format}", mask, spacing=vol.spacing)
         report = {}
         try:
             from porelab.pores import write_report
         except ImportError as exc:  # pragma: no cover - only while the pore report module is missing
             click.echo(f"porelab: warning: pore report skipped ({exc})", err=True)
-        else:
-            object_mask = None
-            try:
-                from porelab.labels import object_mask as make_object_mask
-
-                object_mask = make_object_mask(np.asarray(vol.array))
-            except ImportError:  # pragma: no cover
-                pass
-            report = write_report(mask.astype(bool), tmp, volume=vol.array, spacing=vol.spacing,
-                                  object_mask=object_mask) or {}
-        overlay_png(tmp / "overlay.png", vol.array, mask, title=f"{model.name}, threshold {thr:.4g}")
+            overlay_png(tmp / "overlay.png", vol.array, mask, title=f"{model.name}, threshold {thr:.4g}")
+        else:  # pores.csv, summary.json, size_histogram.png, overlay.png
+            report = write_report(mask.astype(bool), tmp, volume=vol, spacing=vol.spacing if vol.spacing_known
+                                  else None, score=score, progress=True,
+                                  parameters={"model": str(model_spec), "net": model.name, "threshold": thr,
+                                              "threshold_policy": model.meta.get("threshold_policy")}) or {}
+        del score, out
         seconds = time.perf_counter() - t0
         summary = {"scan": str(scan), "shape": list(vol.shape), "spacing": list(vol.spacing),
                    "spacing_known": vol.spacing_known, "model": str(model_spec), "net": model.name,
