@@ -308,9 +308,11 @@ def train_fold(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict,
 def score_fold(ctx: Context, model, fold: int, *, threshold_labels: dict[str, np.ndarray] | None = None):
     """Score the held-out and the hard scan; set the model's threshold; return ``(metrics, curves)``.
 
-    Threshold: F1-optimal against the held-out scan's training-label source (``threshold_labels``: the
-    pseudo-labels for supervised nets; Algorithm 1 labels for unsupervised nets unless the policy's
-    ``threshold_labels`` is ``"truth"``), never against the hard scan.
+    Threshold (design note §6: F1-optimal on a labelled validation scan): for supervised nets against the
+    held-out scan's training-label source (``threshold_labels``, the pseudo-labels); for unsupervised
+    nets against the policy's ``threshold_labels``: ``"truth"`` (default; the held-out scan's truth mask)
+    or ``"alg1"`` (Algorithm 1 labels: no truth needed, but on the simulated scans those labels reach a
+    Dice of only ≈ 0.16 against the truth, so the threshold they give is poor). Never the hard scan.
     """
     from porelab.model import choose_threshold
 
@@ -326,10 +328,10 @@ def score_fold(ctx: Context, model, fold: int, *, threshold_labels: dict[str, np
     main = scores["val"][-1]
     if threshold_labels is not None:
         ref = threshold_labels[val.name]
-    elif ctx.policy.get("threshold_labels", "alg1") == "truth":
-        ref = val.truth
-    else:
+    elif ctx.policy.get("threshold_labels", "truth") == "alg1" or not val.truth[val.object].any():
         ref = val.alg1
+    else:
+        ref = val.truth
     model.threshold, policy = choose_threshold(main, ref, kind=model.kind, object_mask=val.object)
     model.meta["threshold_policy"] = policy
     for prefix, s in targets:
@@ -1019,10 +1021,10 @@ def _log_registered_curves(ctx: Context) -> None:
     from porelab.metrics import plot_pr_roc
 
     scans = [s for s in (ctx.hard, ctx.cv[0]) if s is not None]
+    models = {name: tracking.resolve_model(name) for name in (UNSUPERVISED_NAME, SUPERVISED_NAME)}
     for s in scans:
         curves = {}
-        for name in (UNSUPERVISED_NAME, SUPERVISED_NAME):
-            model = tracking.resolve_model(name)
+        for name, model in models.items():
             curves[f"{name} (production)"] = (model.predict(s.raw), s.truth, s.object)
         curves["Algorithm 1 labels"] = (s.alg1.astype(np.float32), s.truth, s.object)
         curves["black top-hat"] = (tophat_score(s), s.truth, s.object)

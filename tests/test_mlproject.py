@@ -1,0 +1,78 @@
+"""MLproject / conda.yaml / entry points: declared, typed, in step with the CLI and pyproject.toml."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = ("search", "simulate", "train", "cv", "pseudolabel", "retrain", "segment", "evaluate",
+                "complexity", "degrade")
+
+
+@pytest.fixture(scope="module")
+def project():
+    from mlflow.projects._project_spec import load_project
+
+    return load_project(str(ROOT))
+
+
+def test_entry_points_declared_and_typed(project):
+    assert set(project._entry_points) == set(ENTRY_POINTS)
+    assert project.env_type == "conda_env"
+    assert Path(project.env_config_path).name == "conda.yaml"
+    search = project.get_entry_point("search")
+    types = {k: p.type for k, p in search.parameters.items()}
+    assert types == {"profile": "string", "data": "string", "n_trials": "int", "study_name": "string",
+                     "storage": "string", "seed": "int"}
+    defaults = {k: p.default for k, p in search.parameters.items()}
+    assert defaults == {"profile": "quick", "data": "", "n_trials": 0, "study_name": "porelab", "storage": "",
+                        "seed": 0}
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_each_entry_point_runs_a_porelab_command(project, name, tmp_path):
+    from porelab.cli import COMMANDS
+
+    ep = project.get_entry_point(name)
+    params = {k: (str(tmp_path) if p.type == "path" else "x") for k, p in ep.parameters.items()
+              if p.default is None}
+    cmd = ep.compute_command(params, str(tmp_path))
+    script = re.match(r"python (entrypoints/\w+\.py)", cmd).group(1)
+    text = (ROOT / script).read_text()
+    assert f'run("{name}"' in text and name in COMMANDS
+    # every --option the MLproject passes exists on the click command
+    command = __import__(COMMANDS[name][0], fromlist=["x"]).__dict__[COMMANDS[name][1]]
+    known = {o for p in command.params for o in getattr(p, "opts", [])}
+    passed = set(re.findall(r"\s(--?[a-z][\w-]*)", cmd))
+    assert passed <= known, f"{name}: unknown options {passed - known}"
+
+
+def test_conda_env_lists_the_package_dependencies():
+    env = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    deps = env["dependencies"]
+    assert "python=3.11" in deps and "pip" in deps
+    pip = next(d["pip"] for d in deps if isinstance(d, dict))
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert set(declared) <= set(pip)
+    assert "-e ." in pip
+
+
+def test_mlflow_run_entry_point_writes_beside_the_store(tmp_path):
+    """`mlflow run <project> -e simulate --env-manager local` from another folder: the relative output
+    lands beside mlflow.db (the caller's folder), not in the project folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update({"OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    res = subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "simulate",
+                          "--env-manager", "local", "-P", "out=simdata", "-P", "preset=smoke"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "simdata" / "manifest.json").is_file()
+    assert not (ROOT / "simdata").exists()
