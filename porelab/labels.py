@@ -61,6 +61,7 @@ class Algorithm1Result:
     components: int
     pores_kept: int
     min_extent: int
+    surface_margin: int = 0
 
     def summary(self) -> dict:
         obj = int(np.count_nonzero(self.object))
@@ -69,7 +70,7 @@ class Algorithm1Result:
                 "corner": self.corner, "candidate_voxels": self.candidate_voxels,
                 "components": self.components, "pores": self.pores_kept, "pore_voxels": pore_vox,
                 "object_voxels": obj, "porosity_percent": 100.0 * pore_vox / obj if obj else 0.0,
-                "min_extent": self.min_extent, "connectivity": 6}
+                "min_extent": self.min_extent, "surface_margin": self.surface_margin, "connectivity": 6}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -335,6 +336,22 @@ def _low_mask(scan: np.ndarray, t: float, out: np.ndarray, where: np.ndarray | N
     return out
 
 
+def _candidates(scan: np.ndarray, t: float, obj: np.ndarray, out: np.ndarray, margin: int) -> np.ndarray:
+    """Step 9's candidates ``obj & (scan <= t)``, optionally without the voxels within ``margin`` (city-block)
+    voxels of the outside: the object is eroded slab by slab (a ``margin``-slice halo keeps it exact), and
+    the field's edges do not count as outside."""
+    if margin <= 0:
+        return _low_mask(scan, t, out, where=obj)
+    z = scan.shape[0]
+    for sl in iter_slabs(scan.shape, _SLAB_VOXELS):
+        lo, hi = max(sl.start - margin, 0), min(sl.stop + margin, z)
+        er = ndimage.binary_erosion(np.asarray(obj[lo:hi]), structure=SIX_CONNECTED, iterations=margin,
+                                    border_value=1)
+        np.less_equal(np.asarray(scan[sl]), t, out=out[sl])
+        out[sl] &= er[sl.start - lo: sl.stop - lo]
+    return out
+
+
 def object_mask(scan: np.ndarray, *, corners: str = "one", progress: bool = False) -> np.ndarray:
     """Watertight object mask (Iuso et al. 2024, Algorithm 1, steps 6-8): NOT (low voxels flood-filled
     from a corner), with low = ``scan <= Otsu(scan)`` and 6-connectivity. See the module docstring."""
@@ -348,7 +365,8 @@ def object_mask(scan: np.ndarray, *, corners: str = "one", progress: bool = Fals
 
 
 def run_algorithm1(scan: np.ndarray, *, min_extent: int = 2, corners: str = "one",
-                   pore_threshold: float | None = None, progress: bool = False) -> Algorithm1Result:
+                   pore_threshold: float | None = None, surface_margin: int = 0,
+                   progress: bool = False) -> Algorithm1Result:
     """Algorithm 1 of Iuso et al. 2024 (pore extraction from X-CT), with every intermediate result.
 
     Parameters
@@ -362,6 +380,14 @@ def run_algorithm1(scan: np.ndarray, *, min_extent: int = 2, corners: str = "one
     pore_threshold : float, optional
         Replace step 9's Otsu threshold inside the object by this grey value (not the paper's method;
         for scans with so few pores that Otsu splits the material peak, see the warning below).
+    surface_margin : int
+        0 (the paper): every object voxel may be a candidate. k > 0 (not in the paper): candidates within k
+        voxels (6-connected steps) of the outside are ignored; the edges of the field do not count as
+        outside. The object's partial-volume skin lies between the two thresholds and otherwise becomes one
+        large shell-shaped "pore". Measured on the five cylinders of ``porelab simulate --preset smoke``
+        (true porosity 2.2-2.5 %): k = 0 gives 24-26 % and Dice 0.15-0.18 with the truth, k = 2 gives
+        3.8-4.1 % and Dice 0.68-0.74 (the blur still widens the pores). ``t2`` is still computed over the
+        whole object, as the paper says.
     progress : bool
         tqdm bars on stderr.
 
@@ -383,13 +409,15 @@ def run_algorithm1(scan: np.ndarray, *, min_extent: int = 2, corners: str = "one
     _check_scan(scan)
     if int(min_extent) < 1:
         raise ValueError(f"min_extent must be >= 1, got {min_extent}")
+    if int(surface_margin) < 0:
+        raise ValueError(f"surface_margin must be >= 0, got {surface_margin}")
     if corners not in ("one", "all"):
         raise ValueError(f"corners must be 'one' or 'all', got {corners!r}")
     t1 = otsu_threshold(scan)                                                    # step 6
     work = _low_mask(scan, t1, np.empty(scan.shape, dtype=bool))
     obj, corner = _object_from_low(work, corners=corners, progress=progress)     # steps 7-8
     t2 = otsu_threshold(scan, mask=obj) if pore_threshold is None else float(pore_threshold)  # step 9
-    cand = _low_mask(scan, t2, work, where=obj)                                  # reuses the low buffer
+    cand = _candidates(scan, t2, obj, work, int(surface_margin))                 # reuses the low buffer
     n_cand = int(sum(np.count_nonzero(cand[sl]) for sl in iter_slabs(cand.shape, _SLAB_VOXELS)))
     n_obj = int(sum(np.count_nonzero(obj[sl]) for sl in iter_slabs(obj.shape, _SLAB_VOXELS)))
     if n_obj and n_cand > _CANDIDATE_WARN * n_obj:
@@ -401,24 +429,26 @@ def run_algorithm1(scan: np.ndarray, *, min_extent: int = 2, corners: str = "one
     pores = _paint(cand, comps, keep, cand, progress=progress, desc="pore mask")  # step 17, in place
     return Algorithm1Result(pores=pores, object=obj, low_threshold=t1, pore_threshold=t2, corner=corner,
                             candidate_voxels=n_cand, components=comps.n, pores_kept=int(keep.sum()),
-                            min_extent=int(min_extent))
+                            min_extent=int(min_extent), surface_margin=int(surface_margin))
 
 
 def heuristic_labels(scan: np.ndarray, *, min_extent: int = 2, corners: str = "one",
-                     progress: bool = False) -> np.ndarray:
+                     surface_margin: int = 0, progress: bool = False) -> np.ndarray:
     """Pore mask (bool, z, y, x) of a CT scan by Algorithm 1 of Iuso et al. 2024.
 
     Otsu over the scan → low voxels; flood fill of the low voxels 6-connected to a corner → background;
     NOT background → watertight object; Otsu inside the object → pore candidates; 6-connected components;
     a component whose bounding box is < ``min_extent`` voxels along any axis is dropped.
-    See :func:`run_algorithm1` for the thresholds and the object mask, and the module docstring for
-    the corner order and the memory layout (about 2 B/voxel besides the scan).
+    ``surface_margin`` > 0 (not the paper's) ignores candidates that close to the outside, see
+    :func:`run_algorithm1`, which also returns the thresholds and the object mask. The module docstring
+    gives the corner order and the memory layout (about 2 B/voxel besides the scan).
 
     Examples
     --------
     >>> mask = heuristic_labels(scan)                      # doctest: +SKIP
     """
-    return run_algorithm1(scan, min_extent=min_extent, corners=corners, progress=progress).pores
+    return run_algorithm1(scan, min_extent=min_extent, corners=corners, surface_margin=surface_margin,
+                          progress=progress).pores
 
 
 def suppress_small(mask: np.ndarray, *, min_voxels: int = 1, min_extent: int = 1,

@@ -65,6 +65,11 @@ def test_label_then_report(tmp_path, scan_file):
     dice = 2 * (m & truth).sum() / (m.sum() + truth.sum())
     assert dice > 0.9
     assert read_volume(path).spacing == pytest.approx((0.02, 0.01, 0.01))
+    r = run("label", path, "-o", tmp_path / "l2.npy", "--surface-margin", "2", "--json")
+    assert r.exit_code == 0, r.output
+    js = json.loads(r.stdout)
+    assert js["pores"] == 5 and js["surface_margin"] == 2 and js["spacing"] == [0.02, 0.01, 0.01]
+    assert js["pore_voxels"] == int(np.load(tmp_path / "l2.npy").sum())
     r = run("report", mask_path, "--volume", path, "-o", tmp_path / "rep")
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "rep" / "summary.json").read_text())

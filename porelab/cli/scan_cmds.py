@@ -84,16 +84,21 @@ def info(scan: Path, as_json: bool, spacing):
               help="Drop a pore whose bounding box is shorter than this many voxels along any axis.")
 @click.option("--corners", type=click.Choice(["one", "all"]), default="one", show_default=True,
               help="Flood-fill the background from the first low corner (the paper) or from all of them.")
+@click.option("--surface-margin", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Not in the paper: ignore candidates within this many voxels of the outside, so the "
+                   "part's blurred skin is not labelled as one big pore (2 suits blurred scans).")
 @click.option("--spacing", nargs=3, type=float, default=None, metavar="Z Y X", help=_SPACING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts and thresholds as JSON.")
-def label(scan: Path, output: Path, min_extent: int, corners: str, spacing, as_json: bool):
+def label(scan: Path, output: Path, min_extent: int, corners: str, surface_margin: int, spacing,
+          as_json: bool):
     """Heuristic pore labels by Algorithm 1 of Iuso et al. (2024).
 
     Otsu threshold over the scan -> low voxels; flood fill of the low voxels 6-connected to a corner
     (the first of (0,0,0), (0,0,X-1), (0,Y-1,0), ... that is low) -> background; its inverse is the
     watertight object; Otsu again inside the object -> pore candidates; 6-connected components whose
     bounding box is shorter than --min-extent voxels along any axis (z, y, x) are dropped.
-    Prints the pore count and the porosity in % of the watertight object. The mask keeps the scan's
+    With the paper's settings a blurred surface skin can become one shell-shaped "pore"; --surface-margin 2
+    avoids that. Prints the pore count and the porosity in % of the watertight object. The mask keeps the scan's
     spacing (mm, z y x) where the format can store it.
 
     \b
@@ -107,7 +112,8 @@ def label(scan: Path, output: Path, min_extent: int, corners: str, spacing, as_j
     _check_output(output, inputs=[scan])
     vol = read_volume(scan, spacing=spacing)
     with _one_line_warnings():
-        res = run_algorithm1(vol.array, min_extent=min_extent, corners=corners, progress=True)
+        res = run_algorithm1(vol.array, min_extent=min_extent, corners=corners, surface_margin=surface_margin,
+                             progress=True)
     write_volume(output, res.pores.view("uint8"), spacing=vol.spacing)
     s = res.summary()
     if as_json:
@@ -115,7 +121,8 @@ def label(scan: Path, output: Path, min_extent: int, corners: str, spacing, as_j
         return
     click.echo(f"{output}: {s['pores']} pores, porosity {s['porosity_percent']:.3f} % of the watertight "
                f"object ({s['pore_voxels']:,} of {s['object_voxels']:,} voxels; Otsu thresholds "
-               f"{s['low_threshold']:.4g} (air) and {s['pore_threshold']:.4g} (pores), min extent {min_extent})")
+               f"{s['low_threshold']:.4g} (air) and {s['pore_threshold']:.4g} (pores), min extent {min_extent}, "
+               f"surface margin {surface_margin})")
 
 
 @click.command(name="report")
