@@ -47,6 +47,9 @@ def _build(args):
 
     from porelab.nets import UNSUPERVISED, build
 
+    if args.net == "identity":  # no net: measures the patch pipeline alone
+        return None, lambda x: x * 1.0
+
     kw = {"scale": args.scale}
     if args.net in UNSUPERVISED:
         kw["patch_size"] = args.patch
@@ -91,7 +94,7 @@ def worker(args) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", type=int, nargs=3, default=[128, 256, 256], metavar=("Z", "Y", "X"))
-    p.add_argument("--net", default="unet")
+    p.add_argument("--net", default="unet", help="a porelab.nets name, or 'identity' (pipeline cost alone)")
     p.add_argument("--scale", type=float, default=0.25)
     p.add_argument("--patch", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=4)
@@ -116,8 +119,9 @@ def main(argv=None) -> dict:
         rng = np.random.default_rng(args.seed)
         np.save(d / "scan.npy", rng.random(tuple(args.shape), dtype=np.float32))
         torch.manual_seed(args.seed)
-        kw = {"scale": args.scale, **({"patch_size": args.patch} if args.net in UNSUPERVISED else {})}
-        torch.save(build(args.net, **kw).state_dict(), d / "weights.pt")
+        if args.net != "identity":
+            kw = {"scale": args.scale, **({"patch_size": args.patch} if args.net in UNSUPERVISED else {})}
+            torch.save(build(args.net, **kw).state_dict(), d / "weights.pt")
         results = {}
         common = ["--shape", *map(str, args.shape), "--net", args.net, "--scale", str(args.scale),
                   "--patch", str(args.patch), "--batch-size", str(args.batch_size), "--threads",

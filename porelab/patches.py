@@ -312,7 +312,8 @@ def predict_volume(fn: Callable, volume: np.ndarray, *, patch: int | Sequence[in
     starts = [grid_starts(s, pi, st) for s, pi, st in zip(shape, p, steps)]
     wins = [window_1d(pi, weighting) for pi in p]
     wsum = [_weight_sum(s, st, w) for s, st, w in zip(shape, starts, wins)]
-    w_yx = np.multiply.outer(wsum[1], wsum[2]).astype(np.float32)
+    w_yx = torch.from_numpy(np.multiply.outer(wsum[1], wsum[2]).astype(np.float32))
+    w_z = torch.from_numpy(wsum[0])
     win3 = None
     if weighting != "average":
         win3 = torch.from_numpy(np.multiply.outer(np.multiply.outer(wins[0], wins[1]), wins[2]).astype(np.float32))
@@ -345,13 +346,12 @@ def predict_volume(fn: Callable, volume: np.ndarray, *, patch: int | Sequence[in
         """Write finished rows [z_from, z_to) (absolute z) from the accumulator starting at z0."""
         if z_to <= z_from:
             return
-        block = acc[z_from - z0:z_to - z0, :Y, :X].numpy()
-        block = block / (w_yx[None] * wsum[0][z_from:z_to, None, None])
-        out[z_from:z_to] = block
+        block = acc[z_from - z0:z_to - z0, :Y, :X]
+        block.div_(w_yx).div_(w_z[z_from:z_to, None, None])     # in place: no temporary volume
+        out[z_from:z_to] = block.numpy()
         _mmap_release(out, z_from, z_to)
 
     z0 = 0
-    done_in = 0
     with torch.inference_mode():
         for zs in starts[0]:
             # every row below zs is final: no later patch starts before zs
@@ -364,9 +364,8 @@ def predict_volume(fn: Callable, volume: np.ndarray, *, patch: int | Sequence[in
                 else:
                     acc.zero_()
                 z0 = zs
-            _mmap_release(volume, done_in, zs)         # input rows below zs are not read again
-            done_in = max(done_in, zs)
             slab = np.array(volume[zs:zs + pz], dtype=np.float32)   # a writable copy of the slab
+            _mmap_release(volume, zs, zs + pz)       # its file pages stay in the page cache, not in our RSS
             if slab.shape != (pz, Yp, Xp):
                 slab = np.pad(slab, [(0, pz - slab.shape[0]), (0, Yp - slab.shape[1]), (0, Xp - slab.shape[2])],
                               mode="edge")
@@ -391,7 +390,6 @@ def predict_volume(fn: Callable, volume: np.ndarray, *, patch: int | Sequence[in
                 if bar is not None:
                     bar.update(n)
         flush(z0, shape[0], z0)
-    _mmap_release(volume, done_in, shape[0])
     if bar is not None:
         bar.close()
     if isinstance(out, np.memmap):

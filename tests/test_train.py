@@ -158,5 +158,6 @@ def test_supervised_ap_well_above_pore_fraction_quick(smoke_dataset):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet", "vae"])
 def test_ap_well_above_pore_fraction_after_a_minute(smoke_dataset, name):
-    r = _train_and_score(smoke_dataset, name, epochs=25, spv=32, lr=2e-3)
-    assert r["ap"] > 10 * r["pore_fraction"]
+    # measured on this dataset (pore fraction 0.39 %): unet AP 0.047-0.061, vae (post-processed) AP 0.20
+    r = _train_and_score(smoke_dataset, name, epochs=25, spv=32, lr=1e-3 if name == "unet" else 2e-3)
+    assert r["ap"] > 8 * r["pore_fraction"] and r["auc"] > 0.85
