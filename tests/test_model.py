@@ -148,3 +148,28 @@ def test_choose_threshold_policies(rng):
     assert choose_threshold(score, None, kind="supervised")[0] == 0.5
     thr_u, policy_u = choose_threshold(score, None, kind="unsupervised")
     assert "percentile" in policy_u and thr_u == pytest.approx(np.percentile(score, 99.0))
+
+
+@pytest.mark.parametrize("name", ["mssunet", "unetpp", "unet3p", "accunet", "cevae", "gmvae", "vqvae", "rvvae"])
+def test_every_net_trains_and_scores(name, tmp_path):
+    from porelab.nets import SUPERVISED
+    from porelab.train import Sample, TrainConfig, fit
+
+    sup = name in SUPERVISED
+    rng = np.random.default_rng(0)
+    scan = np.clip(rng.normal(0.8, 0.05, (24, 24, 24)), 0, 1).astype(np.float32)
+    label = np.zeros(scan.shape, np.uint8)
+    label[10:13, 10:13, 10:13] = 1
+    scan[label > 0] = 0.1
+    samples = [Sample(scan, label if sup else None, "a")]
+    kw = {"scale": 0.125} if sup else {"scale": 0.125, "patch_size": 16}
+    cfg = TrainConfig.from_profile("smoke", max_epochs=1, samples_per_volume=4, val_patches=4, batch_size=2)
+    torch.manual_seed(0)
+    net, hist = fit(build(name, **kw), name, samples, samples, cfg, progress=False)
+    assert np.isfinite(hist["train_loss"][0]) and np.isfinite(hist["val_loss"][0])
+    model = PoreModel.from_trained(net, name, Normalisation(air=0.0, material=0.8), "smoke", net_kwargs=kw,
+                                   patch=16)
+    model.save(tmp_path / name)
+    score = PoreModel.load(tmp_path / name).predict(scan)
+    assert score.shape == scan.shape and score.dtype == np.float32 and np.isfinite(score).all()
+    np.testing.assert_array_equal(score, model.predict(scan))
