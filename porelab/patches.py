@@ -68,7 +68,14 @@ class AugmentConfig:
 
 def _binarise_label(tensor):
     """Spatial transforms return float labels (and may interpolate): cast back to float {0, 1}."""
-    return (tensor > 0.5).to(tensor.dtype if tensor.is_floating_point() else __import__("torch").float32)
+    import torch
+
+    return (tensor > 0.5).to(torch.float32)
+
+
+def _non_negative(tensor):
+    """Gamma needs non-negative input and noise can push below 0: clamp intensities at 0."""
+    return tensor.clamp(min=0.0)
 
 
 def augmentation(config: AugmentConfig | dict | None = None):
@@ -101,13 +108,12 @@ def augmentation(config: AugmentConfig | dict | None = None):
     }
     intensity = {t: w for t, w in intensity.items() if w > 0}
     spatial = {t: w for t, w in spatial.items() if w > 0}
-    parts = []
+    parts = [tio.Lambda(_non_negative, types_to_apply=[tio.INTENSITY])]
     if intensity and config.p_intensity > 0:
         parts.append(tio.OneOf(intensity, p=config.p_intensity))
     if spatial and config.p_spatial > 0:
         parts.append(tio.OneOf(spatial, p=config.p_spatial))
-    # gamma needs non-negative input; normalised scans are clipped at 0, noise can push below: clamp back
-    parts.append(tio.Lambda(lambda t: t.clamp(min=0.0), types_to_apply=[tio.INTENSITY]))
+    parts.append(tio.Lambda(_non_negative, types_to_apply=[tio.INTENSITY]))
     parts.append(tio.Lambda(_binarise_label, types_to_apply=[tio.LABEL]))
     return tio.Compose(parts)
 
