@@ -61,6 +61,27 @@ DEFAULT_WIDTHS = {"smoke": (1.0,), "quick": (1.0, 2.0), "paper": (0.5, 1.0)}
 PAPER_ALPHAS = tuple(float(v) for v in np.linspace(0.1, 0.9, 4))
 PAPER_GAMMAS = (1 / 3, 1 / 2, 2 / 3, 1.0, 4 / 3, 3 / 2, 5 / 3, 2.0)
 TOPHAT_RADIUS = 3       # voxels; gas pores of the simulator have r 1-4 voxels
+
+#: Profile values the pipeline uses instead of ``porelab/config.py``'s (measured on a 2-core CPU; to be moved
+#: into config.py by its owner). ``extra`` keys: ``unsupervised_nets``, ``supervised_nets``, ``widths``,
+#: ``unsupervised_train`` / ``supervised_train`` (``TrainConfig`` overrides per study).
+PROFILE_OVERRIDES: dict[str, dict] = {
+    # quick: the whole job must fit ~30 min of a 2-core CPU; measured per training step (batch 4, 32³, one
+    # thread): vae 0.35 s, cevae 0.77 s, unet 1.1 s; scoring a 96×128×128 scan 10-30 s
+    "quick": {"folds": 2, "n_trials_unsupervised": 2, "n_trials_supervised": 2, "max_epochs": 10,
+              "patience": 4, "samples_per_volume": 16, "val_patches": 16, "lr": 2e-3,
+              "extra": {"unsupervised_nets": ("vae", "cevae"), "supervised_nets": ("unet",), "widths": (1.0,),
+                        "supervised_train": {"lr": 3e-3}}},
+}
+
+
+def pipeline_profile(profile) -> Profile:
+    """The profile as the pipeline runs it: ``porelab.config`` values with :data:`PROFILE_OVERRIDES`."""
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    changes = dict(PROFILE_OVERRIDES.get(prof.name, {}))
+    if "extra" in changes:
+        changes["extra"] = {**changes["extra"], **prof.extra}
+    return prof.replace(**changes) if changes else prof
 METRIC_KEYS = ("ap", "auc", "dice")
 
 
@@ -153,7 +174,7 @@ def make_context(profile="quick", data=None, seed: int = 0, *, workdir=None, pro
     """Profile + dataset → :class:`Context` (folds chosen and explained in ``notes``)."""
     from porelab.tracking import load_policy
 
-    prof = get_profile(profile) if isinstance(profile, str) else profile
+    prof = pipeline_profile(profile)
     root = ensure_dataset(data, prof, seed, progress=progress)
     cv, hard, _ = load_scans(root, progress=progress)
     k = min(int(prof.folds), len(cv))
@@ -290,7 +311,8 @@ def train_fold(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict,
     supervised = is_supervised(net_name)
     if supervised and labels is None:
         raise ConfigError(f"supervised net {net_name!r} needs training labels")
-    config = TrainConfig.from_profile(ctx.profile, loss_params=dict(loss_params))
+    overrides = dict(ctx.profile.extra.get("supervised_train" if supervised else "unsupervised_train") or {})
+    config = TrainConfig.from_profile(ctx.profile, loss_params=dict(loss_params), **overrides)
 
     def sample(s: Scan) -> Sample:
         return Sample(s.scan, labels[s.name].astype(np.uint8) if supervised else None, s.name)
@@ -428,7 +450,8 @@ def unsupervised_space(trial, ctx: Context) -> tuple[str, dict, dict]:
     widths = tuple(ctx.option("widths", DEFAULT_WIDTHS))
     name = trial.suggest_categorical("net", nets)
     width = trial.suggest_categorical("width", widths) if len(widths) > 1 else widths[0]
-    kwargs = {"scale": float(ctx.profile.net_scale * width), "patch_size": int(ctx.profile.patch)}
+    patch = (ctx.profile.extra.get("unsupervised_train") or {}).get("patch", ctx.profile.patch)
+    kwargs = {"scale": float(ctx.profile.net_scale * width), "patch_size": int(patch)}
     loss: dict = {}
     if name in ("vae", "cevae", "rvvae"):
         base = tuple(get_class(name).default_depths)
@@ -444,7 +467,7 @@ def unsupervised_space(trial, ctx: Context) -> tuple[str, dict, dict]:
 
 
 def supervised_space(trial, ctx: Context) -> tuple[str, dict, dict]:
-    """Suggest ``(net, net_kwargs, loss_params)``: FTL α, β, γ (Iuso et al. 2024, eq. (1)) + architecture."""
+    """Suggest ``(net, net_kwargs, loss_params)``: FTL α, β, γ (Iuso et al. 2024, eq. (1)), architecture."""
     nets = tuple(ctx.option("supervised_nets", DEFAULT_SUPERVISED_NETS))
     name = trial.suggest_categorical("net", nets)
     if ctx.profile.grid_search:
@@ -530,11 +553,11 @@ def run_study(ctx: Context, kind: str, study_name: str, storage, n_trials: int, 
     if not grid:   # another seed per resumption so a resumed study does not replay the same suggestions
         study.sampler = optuna.samplers.TPESampler(seed=ctx.seed * 1000 + len(study.trials))
     with tracking.child_run(f"study-{kind}", tags={"porelab.level": "study", "optuna.study": full_name}):
+        defaults = DEFAULT_UNSUPERVISED_NETS if kind == "unsupervised" else DEFAULT_SUPERVISED_NETS
         tracking.log_params({"study_name": full_name, "n_trials": n_trials, "sampler":
                              type(study.sampler).__name__, "pruner": "MedianPruner(n_startup_trials=2)",
                              "orphaned_trials_failed": len(orphans),
-                             "nets": ",".join(ctx.option(f"{kind}_nets", DEFAULT_UNSUPERVISED_NETS
-                                                         if kind == "unsupervised" else DEFAULT_SUPERVISED_NETS))})
+                             "nets": ",".join(ctx.option(f"{kind}_nets", defaults))})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
             study.optimize(_objective(ctx, kind, labels), n_trials=n_trials, catch=(Exception,),
@@ -617,7 +640,8 @@ def register_best(study, registered_name: str, ctx: Context, *, extra_meta: dict
     local = Path(best.user_attrs.get("model_dir", ""))
     with tempfile.TemporaryDirectory() as tmp:
         if not (local / "model.json").is_file():
-            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=tmp))
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model",
+                                                             dst_path=tmp))
         model = PoreModel.load(local)
         meta = {"threshold": model.threshold, "threshold_policy": model.meta.get("threshold_policy"),
                 "net": model.name, "net_kwargs": model.net_kwargs, "patch": model.patch,
@@ -683,7 +707,8 @@ def pseudo_labels(ctx: Context, model_uri: str = f"models:/{UNSUPERVISED_NAME}@p
         }
         if s.role == "cv":
             labels[s.name] = mask
-    info = {"model_uri": model_uri, "threshold": threshold, "min_voxels": min_voxels, "min_extent": min_extent,
+    info = {"model_uri": model_uri, "threshold": threshold, "min_voxels": min_voxels,
+            "min_extent": min_extent,
             "model_version": meta.get("trial_run")}
     return labels, stats, info
 
@@ -768,7 +793,8 @@ def build_tables(ctx: Context, unsup_study, sup_study, heuristic_folds: list[dic
         entries.append((name, "classical", "none", rows))
     if unsup_study is not None:
         for net, t in sorted(best_per_net(unsup_study).items()):
-            entries.append((net, "unsupervised", "none (reconstruction)", t.user_attrs.get("fold_metrics", [])))
+            entries.append((net, "unsupervised", "none (reconstruction)",
+                            t.user_attrs.get("fold_metrics", [])))
     if sup_study is not None:
         for net, t in sorted(best_per_net(sup_study).items()):
             entries.append((net, "supervised", "pseudo-labels", t.user_attrs.get("fold_metrics", [])))
@@ -787,9 +813,9 @@ def build_tables(ctx: Context, unsup_study, sup_study, heuristic_folds: list[dic
            "Voxel-wise metrics of the pore class inside the part, against the exact truth of the simulated "
            "scans; the `vs Alg. 1` columns score against Algorithm 1 labels, as the paper did."), ""]
     md += [f"- {n}" for n in ctx.notes] + [""]
-    md.append(markdown_table(raw, truth_cols, "Tables 3-4: all models, no post-processing (validation, hard)"))
+    md.append(markdown_table(raw, truth_cols, "Tables 3-4: all models, no post-processing"))
     md.append(markdown_table(pp, truth_cols, "Tables 5-6: unsupervised models with post-processing"))
-    md.append(markdown_table(sup, truth_cols, "Table 7: supervised models, pseudo-labels vs Algorithm 1 labels"))
+    md.append(markdown_table(sup, truth_cols, "Table 7: supervised, pseudo-labels vs Algorithm 1 labels"))
     md.append(markdown_table(rows, alg1_cols, "All rows scored against Algorithm 1 labels"))
     if heuristic_folds and sup_study is not None:
         from porelab.metrics import welch_test
@@ -800,8 +826,8 @@ def build_tables(ctx: Context, unsup_study, sup_study, heuristic_folds: list[dic
             a = [m[key] for m in best if m.get(key) is not None]
             b = [m[key] for m in heuristic_folds if m.get(key) is not None]
             if len(a) > 1 and len(b) > 1:
-                lines.append(f"- {key}: pseudo-labels {np.mean(a):.3f} vs Algorithm 1 labels {np.mean(b):.3f}, "
-                             f"Welch p = {welch_test(a, b):.3g}")
+                lines.append(f"- {key}: pseudo-labels {np.mean(a):.3f} vs Algorithm 1 labels "
+                             f"{np.mean(b):.3f}, Welch p = {welch_test(a, b):.3g}")
         if lines:
             md += ["", "Pseudo-labels vs Algorithm 1 labels (same configuration):", *lines, ""]
     return {"tables/summary.csv": _csv(rows), "tables/summary.md": "\n".join(md)}
@@ -844,7 +870,7 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
     from porelab import tracking
 
     t_start = time.perf_counter()
-    prof = get_profile(profile) if isinstance(profile, str) else profile
+    prof = pipeline_profile(profile)
     if n_trials is not None and n_trials < 0:
         raise ConfigError(f"n_trials must be >= 0, got {n_trials}")
     tracking.setup_mlflow()
@@ -853,15 +879,18 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="porelab-search-"))
     summary: dict = {"profile": prof.name, "study_name": study_name}
     try:
-        with tracking.sigterm_as_interrupt(), tracking.parent_run("search", tags={"porelab.level": "search"}) as run:
+        with tracking.sigterm_as_interrupt(), \
+                tracking.parent_run("search", tags={"porelab.level": "search"}) as run:
             summary["run_id"] = run.info.run_id
             ctx = make_context(prof, data, seed, workdir=workdir, progress=progress)
             n_unsup = n_trials or prof.n_trials_unsupervised
             n_sup = n_trials or prof.n_trials_supervised
             mlflow.set_tags({"porelab.profile": prof.name, "porelab.git_commit": git_commit(),
                              "porelab.study_name": study_name})
-            tracking.log_params({"profile": prof.name, "seed": seed, "data": str(ctx.dataset_root),
-                                 "study_name": study_name, "storage": tracking.optuna_storage_url(storage),
+            # (keys differ from the MLproject parameters `mlflow run` logged: params cannot change)
+            tracking.log_params({"profile": prof.name, "seed": seed, "dataset_dir": str(ctx.dataset_root),
+                                 "study_name": study_name,
+                                 "optuna_storage": tracking.optuna_storage_url(storage),
                                  "n_trials_unsupervised": n_unsup, "n_trials_supervised": n_sup,
                                  "folds": len(ctx.folds), "git_commit": git_commit()})
             mlflow.log_dict(prof.to_dict(), "profile.json")
@@ -914,7 +943,7 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
 def _start(profile, data, seed, storage, workdir, progress):
     from porelab import tracking
 
-    prof = get_profile(profile) if isinstance(profile, str) else profile
+    prof = pipeline_profile(profile)
     tracking.setup_mlflow()
     storage_obj = tracking.optuna_storage(storage) if storage is not False else None
     return prof, storage_obj
@@ -934,7 +963,8 @@ def load_label_folder(folder, ctx: Context) -> dict[str, np.ndarray]:
                 out[s.name] = m > 0
                 break
         else:
-            raise ConfigError(f"{folder}: no label file for scan {s.name!r} ({s.name}_pseudo.npy or {s.name}.npy)")
+            raise ConfigError(f"{folder}: no label file for scan {s.name!r} "
+                              f"({s.name}_pseudo.npy or {s.name}.npy)")
     return out
 
 
@@ -949,8 +979,8 @@ def run_retrain(profile: str = "quick", data=None, labels=None, n_trials: int | 
     with tempfile.TemporaryDirectory(prefix="porelab-retrain-") as tmp, tracking.sigterm_as_interrupt(), \
             tracking.parent_run("retrain", tags={"porelab.level": "search"}) as run:
         ctx = make_context(prof, data, seed, workdir=tmp, progress=progress)
-        tracking.log_params({"profile": prof.name, "seed": seed, "data": str(ctx.dataset_root),
-                             "labels": labels or "pseudo-labels", "git_commit": git_commit()})
+        tracking.log_params({"profile": prof.name, "seed": seed, "dataset_dir": str(ctx.dataset_root),
+                             "label_source": labels or "pseudo-labels", "git_commit": git_commit()})
         if labels:
             lab, info = load_label_folder(labels, ctx), {"labels": str(labels)}
         else:
@@ -960,8 +990,8 @@ def run_retrain(profile: str = "quick", data=None, labels=None, n_trials: int | 
         sup = run_study(ctx, "supervised", study_name, storage_obj, n_trials or prof.n_trials_supervised,
                         labels=lab)
         result = {"run_id": run.info.run_id, "supervised": _study_summary(sup)}
-        result["supervised_registry"] = register_best(sup, SUPERVISED_NAME, ctx,
-                                                      extra_meta={"labels": "pseudo-labels", "pseudo_labels": info})
+        meta = {"labels": "pseudo-labels", "pseudo_labels": info}
+        result["supervised_registry"] = register_best(sup, SUPERVISED_NAME, ctx, extra_meta=meta)
         heur = heuristic_comparison(ctx, sup) if prof.heuristic_comparison else None
         for path, text in build_tables(ctx, None, sup, heur).items():
             mlflow.log_text(text, path)

@@ -146,8 +146,10 @@ def optuna_storage(spec: str | None = None, *, heartbeat_interval: int = 60, gra
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                      **kwargs)
+    with warnings.catch_warnings():   # the heartbeat arguments are marked experimental
+        warnings.simplefilter("ignore")
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
+                                          grace_period=grace_period, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -302,29 +304,32 @@ def _pid_alive(pid: int) -> bool:
 
 
 # -------------------------------------------------------------------------------------------- pyfunc
-class PorePyfunc(mlflow.pyfunc.PythonModel):
-    """The registered pyfunc model: a saved :class:`porelab.model.PoreModel` folder inside the artifact.
+with warnings.catch_warnings():   # MLflow asks for type hints on predict(); the signature is explicit
+    warnings.simplefilter("ignore", UserWarning)
 
-    ``predict(context, model_input)`` takes one scan, a float32 array (Z, Y, X) in the scanner's grey
-    values (the model normalises it itself), and returns the float32 voxel score (Z, Y, X): a probability
-    for supervised nets, the post-processed anomaly score A_pores for unsupervised nets (Iuso et al. 2024,
-    eq. (2)-(3)). The decision threshold is ``model.threshold`` and in the logged model's metadata.
-    """
+    class PorePyfunc(mlflow.pyfunc.PythonModel):
+        """The registered pyfunc model: a saved :class:`porelab.model.PoreModel` folder inside the artifact.
 
-    def load_context(self, context):
-        from porelab.model import PoreModel
+        ``predict(context, model_input)`` takes one scan, a float32 array (Z, Y, X) in the scanner's grey
+        values (the model normalises it itself), and returns the float32 voxel score (Z, Y, X): a probability
+        for supervised nets, the post-processed anomaly score A_pores for unsupervised nets (Iuso et al. 2024,
+        eq. (2)-(3)). The decision threshold is ``model.threshold`` and in the logged model's metadata.
+        """
 
-        self.model = PoreModel.load(context.artifacts[MODEL_ARTIFACT])
+        def load_context(self, context):
+            from porelab.model import PoreModel
 
-    def predict(self, context, model_input, params=None):
-        import numpy as np
+            self.model = PoreModel.load(context.artifacts[MODEL_ARTIFACT])
 
-        scan = np.asarray(model_input, dtype=np.float32)
-        if scan.ndim == 4 and scan.shape[0] == 1:
-            scan = scan[0]
-        if scan.ndim != 3:
-            raise ValueError(f"expected one scan of shape (Z, Y, X), got shape {scan.shape}")
-        return np.asarray(self.model.predict(scan, progress=False), dtype=np.float32)
+        def predict(self, context, model_input, params=None):
+            import numpy as np
+
+            scan = np.asarray(model_input, dtype=np.float32)
+            if scan.ndim == 4 and scan.shape[0] == 1:
+                scan = scan[0]
+            if scan.ndim != 3:
+                raise ValueError(f"expected one scan of shape (Z, Y, X), got shape {scan.shape}")
+            return np.asarray(self.model.predict(scan, progress=False), dtype=np.float32)
 
 
 def pip_requirements() -> list[str]:
@@ -451,7 +456,8 @@ def promote(name: str, version: str | int, metric: float, *, policy: dict | None
     Returns ``{"name", "version", "metric", "value", "stage", "promoted", "previous", "previous_value"}``.
     """
     policy = policy_for(policy or load_policy(), name)
-    key, greater, min_imp = policy["metric"], bool(policy["greater_is_better"]), float(policy["min_improvement"])
+    key, greater = policy["metric"], bool(policy["greater_is_better"])
+    min_imp = float(policy["min_improvement"])
     version, value = str(version), float(metric)
     client = _client()
     client.set_model_version_tag(name, version, key, repr(value))
@@ -522,7 +528,10 @@ def resolve_version(spec: str):
     if spec.startswith("models:/") and not m:
         raise ModelError(f"cannot parse model URI {spec!r}; use models:/NAME@ALIAS, models:/NAME/STAGE "
                          "or models:/NAME/VERSION")
-    name, alias, sel = (m.group("name"), m.group("alias"), m.group("sel")) if m else (spec.strip(), None, None)
+    if m:
+        name, alias, sel = m.group("name"), m.group("alias"), m.group("sel")
+    else:
+        name, alias, sel = spec.strip(), None, None
     client = _client()
     try:
         client.get_registered_model(name)

@@ -49,7 +49,8 @@ def test_smoke_pipeline_end_to_end(mlflow_env, smoke_dataset):
                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {r.info.run_name for r in studies} >= {"study-unsupervised", "study-supervised"}
     study_ids = {r.info.run_id for r in studies}
-    trials = [r for r in _runs(**{"porelab.level": "trial"}) if r.data.tags["mlflow.parentRunId"] in study_ids]
+    trials = [r for r in _runs(**{"porelab.level": "trial"})
+              if r.data.tags["mlflow.parentRunId"] in study_ids]
     assert len(trials) == 2
     trial_ids = {r.info.run_id for r in trials}
     folds = [r for r in _runs(**{"porelab.level": "fold"}) if r.data.tags["mlflow.parentRunId"] in trial_ids]
@@ -63,7 +64,8 @@ def test_smoke_pipeline_end_to_end(mlflow_env, smoke_dataset):
 
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "tables")}
     assert {"tables/summary.csv", "tables/summary.md", "tables/complexity.csv"} <= arts
-    md = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="tables/summary.md",
+    md = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
+                                                  artifact_path="tables/summary.md",
                                                   dst_path=str(mlflow_env["dir"] / "dl"))).read_text()
     assert "black top-hat" in md and "Algorithm 1 labels (as score)" in md and "cevae" in md
     assert parent.data.tags["porelab.dataset_sha256"]
@@ -71,8 +73,9 @@ def test_smoke_pipeline_end_to_end(mlflow_env, smoke_dataset):
 
     # segment by registered name through the CLI (porelab/cli/engine_cmds.py → tracking.resolve_model)
     out = mlflow_env["dir"] / "seg"
-    res = subprocess.run([sys.executable, "-m", "porelab", "segment", str(smoke_dataset.hard.scan), "-o", str(out),
-                          "--model", search.SUPERVISED_NAME], capture_output=True, text=True, check=False,
+    res = subprocess.run([sys.executable, "-m", "porelab", "segment", str(smoke_dataset.hard.scan), "-o",
+                          str(out), "--model", search.SUPERVISED_NAME], capture_output=True, text=True,
+                         check=False,
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert any(out.iterdir())

@@ -120,7 +120,8 @@ def test_resolve_errors_name_what_exists(mlflow_env):
     tracking.setup_mlflow("reg")
     v = _register("only-staging", 1.0)
     mlflow.MlflowClient().set_registered_model_alias("only-staging", "staging", v)
-    with pytest.raises(ModelError, match=r"no registered model 'porelab-nope'.*only-staging \[v1 None @staging\]"):
+    listing = r"no registered model 'porelab-nope'.*only-staging \[v1 None @staging\]"
+    with pytest.raises(ModelError, match=listing):
         tracking.resolve_version("porelab-nope")
     with pytest.raises(ModelError, match="no Production version.*only-staging"):
         tracking.resolve_version("only-staging")

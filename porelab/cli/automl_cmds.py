@@ -66,13 +66,15 @@ def search(profile, data, n_trials, study_name, storage, seed, quiet):
 
     summary = run_search(profile, data or None, n_trials or None, study_name, storage or None, seed,
                          progress=not quiet)
-    _echo_json({k: summary[k] for k in ("run_id", "profile", "seconds", "unsupervised", "unsupervised_registry",
-                                        "supervised", "supervised_registry") if k in summary})
+    keys = ("run_id", "profile", "seconds", "unsupervised", "unsupervised_registry", "supervised",
+            "supervised_registry")
+    _echo_json({k: summary[k] for k in keys if k in summary})
 
 
 @click.command("cv")
 @click.option("--data", default="", help="Dataset folder with manifest.json (empty: simulated, as search).")
-@click.option("--net", required=True, help="Network: unet mssunet unetpp unet3p accunet vae cevae gmvae vqvae rvvae.")
+@click.option("--net", required=True,
+              help="Network: unet mssunet unetpp unet3p accunet vae cevae gmvae vqvae rvvae.")
 @click.option("--profile", type=_PROFILES, default="quick", show_default=True, help="Sizes and budgets.")
 @click.option("--labels", default="truth", show_default=True,
               help="Supervised training labels: truth, alg1 (Algorithm 1), or a folder of <scan>_pseudo.npy.")
@@ -103,10 +105,12 @@ def cv(data, net, profile, labels, params, scale, seed, quiet):
 @click.command("pseudolabel")
 @click.option("--data", required=True, help="Dataset folder with manifest.json.")
 @click.option("--model", "model", default="porelab-unsupervised", show_default=True,
-              help="Registered name (its Production version), models:/NAME@ALIAS, models:/NAME/STAGE|VERSION, "
-              "or a model folder.")
-@click.option("-o", "--out", "out", required=True, help="Output folder: <scan>_pseudo.npy (uint8) + stats.json.")
-@click.option("--profile", type=_PROFILES, default="quick", show_default=True, help="(for the policy defaults)")
+              help="Registered name (its Production version), models:/NAME@ALIAS, "
+              "models:/NAME/STAGE|VERSION, or a model folder.")
+@click.option("-o", "--out", "out", required=True,
+              help="Output folder: <scan>_pseudo.npy (uint8) + stats.json.")
+@click.option("--profile", type=_PROFILES, default="quick", show_default=True,
+              help="Profile (simulated data when --data is empty).")
 def pseudolabel(data, model, out, profile):
     """Pseudo-labels of every cv scan of a dataset from an (unsupervised) model.
 
