@@ -873,6 +873,9 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
     prof = pipeline_profile(profile)
     if n_trials is not None and n_trials < 0:
         raise ConfigError(f"n_trials must be >= 0, got {n_trials}")
+    tracking.optuna_storage_url(storage)          # bad input fails before anything is written
+    if data:
+        ensure_dataset(data, prof, seed)
     tracking.setup_mlflow()
     storage_obj = tracking.optuna_storage(storage)
     own_workdir = workdir is None

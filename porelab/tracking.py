@@ -37,8 +37,10 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
-import mlflow.pyfunc
+with warnings.catch_warnings():   # mlflow.pyfunc warns about type hints of its own classes on import
+    warnings.simplefilter("ignore", UserWarning)
+    import mlflow
+    import mlflow.pyfunc
 
 from porelab.errors import ConfigError, ModelError
 
@@ -97,6 +99,7 @@ def setup_mlflow(experiment: str | None = DEFAULT_EXPERIMENT) -> str:
     db = _sqlite_file(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per model load is noise
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", "").strip() or uri)
     mlflow.MlflowClient().search_experiments(max_results=1)   # creates / migrates the schema once
