@@ -365,7 +365,8 @@ def predict_volume(fn: Callable, volume: np.ndarray, *, patch: int | Sequence[in
                 k = zs - z0
                 flush(z0, zs, z0)
                 if k < pz:
-                    acc[: pz - k] = acc[k:].clone()
+                    # with half overlap the two row ranges do not overlap: no temporary needed
+                    acc[: pz - k].copy_(acc[k:] if 2 * k >= pz else acc[k:].clone())
                     acc[pz - k:] = 0
                 else:
                     acc.zero_()
