@@ -76,6 +76,33 @@ def _build(args):
     return net, net
 
 
+def prepare(args) -> None:
+    """Random scan (written slab by slab) and random net weights, both from ``--seed``."""
+    import numpy as np
+    import torch
+
+    from porelab.nets import UNSUPERVISED, build
+
+    d = Path(args.dir)
+    rng = np.random.default_rng(args.seed)
+    scan = np.lib.format.open_memmap(d / "scan.npy", mode="w+", dtype=np.float32, shape=tuple(args.shape))
+    for z in range(0, args.shape[0], 16):
+        scan[z:z + 16] = rng.random((min(16, args.shape[0] - z), *args.shape[1:]), dtype=np.float32)
+    scan.flush()
+    if args.net != "identity":
+        torch.manual_seed(args.seed)
+        kw = {"scale": args.scale, **({"patch_size": args.patch} if args.net in UNSUPERVISED else {})}
+        torch.save(build(args.net, **kw).state_dict(), d / "weights.pt")
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def worker(args) -> None:
     import numpy as np
     import torch
@@ -103,7 +130,7 @@ def worker(args) -> None:
     n = int(np.prod(vol.shape))
     peak = _maxrss_mb()
     print(json.dumps({"voxels_per_s": n / seconds, "seconds": seconds, "peak_rss_mb": peak,
-                      "inference_rss_mb": peak - base, "baseline_rss_mb": base}))
+                      "inference_rss_mb": peak - base, "baseline_rss_mb": base, "vm_hwm_mb": _hwm_mb()}))
 
 
 def main(argv=None) -> dict:
@@ -120,31 +147,28 @@ def main(argv=None) -> dict:
                    help="run the two workers alternately this many times; keep each path's fastest run "
                         "(and its largest peak memory): steadier figures on a shared machine")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
-    p.add_argument("--worker", choices=["porelab", "torchio"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["prepare", "porelab", "torchio"], help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker == "prepare":
+        prepare(args)
+        return {}
     if args.worker:
         worker(args)
         return {}
 
     import numpy as np
-    import torch
-
-    from porelab.nets import UNSUPERVISED, build
 
     with tempfile.TemporaryDirectory(prefix="porelab-bench-") as tmp:
         d = Path(tmp)
-        rng = np.random.default_rng(args.seed)
-        np.save(d / "scan.npy", rng.random(tuple(args.shape), dtype=np.float32))
-        torch.manual_seed(args.seed)
-        if args.net != "identity":
-            kw = {"scale": args.scale, **({"patch_size": args.patch} if args.net in UNSUPERVISED else {})}
-            torch.save(build(args.net, **kw).state_dict(), d / "weights.pt")
-        results = {}
         common = ["--shape", *map(str, args.shape), "--net", args.net, "--scale", str(args.scale),
                   "--patch", str(args.patch), "--batch-size", str(args.batch_size), "--threads",
-                  str(args.threads), "--dir", str(d)]
+                  str(args.threads), "--seed", str(args.seed), "--dir", str(d)]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        # the data are made in a subprocess too: this parent stays small (numpy only), because a child's
+        # getrusage maxrss starts from the parent's resident set at fork time
+        subprocess.run([sys.executable, __file__, "--worker", "prepare", *common], check=True, env=env)
+        results = {}
         for _ in range(max(1, args.repeat)):
             for which in ("porelab", "torchio"):
                 proc = subprocess.run([sys.executable, __file__, "--worker", which, *common],
