@@ -126,6 +126,25 @@ class PoreModel:
             self._net, self._device = net.to(device).eval(), device
         return self._net
 
+    def patch_fn(self, norm: Normalisation, device):
+        """``fn(raw patches) -> net output`` for ``porelab.patches.predict_volume``: normalises each patch with
+        ``norm`` and returns the probability (supervised) or the deterministic reconstruction (unsupervised)."""
+        return self._patch_fn(norm, device)
+
+    def reconstruct(self, scan: np.ndarray, progress: bool = False, *, device=None) -> np.ndarray:
+        """Unsupervised nets: the reassembled deterministic reconstruction x̂ of ``scan`` (normalised units),
+        the input of ``anomaly_map`` and ``surface_compensation``."""
+        from porelab.patches import predict_volume
+        from porelab.runtime import get_device
+
+        if self.kind != "unsupervised":
+            raise ConfigError(f"{self.name} is supervised: it has no reconstruction")
+        device = get_device(device) if not hasattr(device, "type") else device
+        fn = self._patch_fn(self.normalisation.refit(scan), device)
+        return predict_volume(fn, scan, patch=self.patch, overlap=self.overlap, batch_size=self.batch_size,
+                              weighting=self.weighting, progress=progress, device=device,
+                              desc=f"{self.name} reconstruction")
+
     def _patch_fn(self, norm: Normalisation, device):
         net = self.net(device)
         if self.kind == "supervised":

@@ -173,3 +173,16 @@ def test_every_net_trains_and_scores(name, tmp_path):
     score = PoreModel.load(tmp_path / name).predict(scan)
     assert score.shape == scan.shape and score.dtype == np.float32 and np.isfinite(score).all()
     np.testing.assert_array_equal(score, model.predict(scan))
+
+
+def test_reconstruct_is_the_input_of_the_unsupervised_score(rng):
+    from porelab.postprocess import anomaly_map
+
+    model = _model("vae", postprocess=False)
+    scan = _scan(rng)
+    x_hat = model.reconstruct(scan)
+    assert x_hat.shape == scan.shape and x_hat.dtype == np.float32
+    np.testing.assert_allclose(model.predict(scan), anomaly_map(Normalisation.fit(scan).apply(scan), x_hat),
+                               atol=1e-6)
+    with pytest.raises(Exception, match="supervised"):
+        _model("unet").reconstruct(scan)
