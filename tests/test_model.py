@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from porelab.errors import ModelError
+from porelab.errors import ConfigError, ModelError
 from porelab.model import PoreModel, choose_threshold, resolve_model
 from porelab.nets import build
 from porelab.normalise import Normalisation
@@ -184,5 +184,5 @@ def test_reconstruct_is_the_input_of_the_unsupervised_score(rng):
     assert x_hat.shape == scan.shape and x_hat.dtype == np.float32
     np.testing.assert_allclose(model.predict(scan), anomaly_map(Normalisation.fit(scan).apply(scan), x_hat),
                                atol=1e-6)
-    with pytest.raises(Exception, match="supervised"):
+    with pytest.raises(ConfigError, match="supervised"):
         _model("unet").reconstruct(scan)
