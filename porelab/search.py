@@ -355,6 +355,13 @@ def score_fold(ctx: Context, model, fold: int, *, threshold_labels: dict[str, np
     else:
         ref = val.truth
     model.threshold, policy = choose_threshold(main, ref, kind=model.kind, object_mask=val.object)
+    inside = np.asarray(main)[val.object]
+    max_frac = float(ctx.policy.get("max_label_fraction", 0.1))
+    frac = float(np.mean(inside >= model.threshold)) if inside.size else 0.0
+    if frac > max_frac:      # degenerate (a score that does not separate pores labels most of the part)
+        model.threshold = float(np.percentile(inside, 100.0 * (1.0 - max_frac / 10.0)))
+        policy = (f"{100 * (1 - max_frac / 10):g}th percentile in the part (the {policy} threshold "
+                  f"labelled {100 * frac:.0f} % of it, above max_label_fraction {max_frac:g})")
     model.meta["threshold_policy"] = policy
     for prefix, s in targets:
         sc = scores[prefix]
@@ -539,6 +546,7 @@ def run_study(ctx: Context, kind: str, study_name: str, storage, n_trials: int, 
     Resumes a study of the same name; trials whose worker died are marked FAIL first. A trial that
     raises is recorded FAIL (its runs FAILED) and the study goes on.
     """
+    import mlflow
     import optuna
 
     from porelab import tracking
@@ -563,11 +571,14 @@ def run_study(ctx: Context, kind: str, study_name: str, storage, n_trials: int, 
             study.optimize(_objective(ctx, kind, labels), n_trials=n_trials, catch=(Exception,),
                            gc_after_trial=True)
         log_study(study, kind)
+    if mlflow.active_run() is not None:      # the plots and the trials table on the parent run as well
+        log_study(study, kind, metrics=False)
     return study
 
 
-def log_study(study, kind: str) -> None:
-    """Trials table and Optuna plots (history; importances with ≥ 2 complete trials) on the active run."""
+def log_study(study, kind: str, *, metrics: bool = True) -> None:
+    """Trials table and Optuna plots (history; importances with ≥ 2 complete trials) on the active run;
+    with ``metrics`` also the trial counts and the best value."""
     import mlflow
     from optuna.trial import TrialState
 
@@ -578,10 +589,11 @@ def log_study(study, kind: str) -> None:
              "worker": f"{t.user_attrs.get('host', '')}:{t.user_attrs.get('pid', '')}"} for t in trials]
     mlflow.log_text(_csv(rows), f"optuna/{kind}_trials.csv")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    tracking.log_metrics({"trials_complete": len(complete), "trials_total": len(trials),
-                          "trials_pruned": sum(t.state == TrialState.PRUNED for t in trials),
-                          "trials_failed": sum(t.state == TrialState.FAIL for t in trials)})
-    if complete:
+    if metrics:
+        tracking.log_metrics({"trials_complete": len(complete), "trials_total": len(trials),
+                              "trials_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+                              "trials_failed": sum(t.state == TrialState.FAIL for t in trials)})
+    if complete and metrics:
         tracking.log_metrics({"best_value": study.best_value})
     import optuna.visualization.matplotlib as ovm
 

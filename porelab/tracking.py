@@ -101,7 +101,7 @@ def setup_mlflow(experiment: str | None = DEFAULT_EXPERIMENT) -> str:
         db.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per model load is noise
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", "").strip() or uri)
+    mlflow.set_registry_uri(uri)     # (set_registry_uri exports MLFLOW_REGISTRY_URI: never read it back)
     mlflow.MlflowClient().search_experiments(max_results=1)   # creates / migrates the schema once
     # (mlflow.set_experiment itself exports MLFLOW_EXPERIMENT_ID, so only MLFLOW_RUN_ID marks `mlflow run`)
     if experiment and not os.environ.get("MLFLOW_RUN_ID"):
