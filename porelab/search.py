@@ -269,33 +269,15 @@ def evaluate(score: np.ndarray, scan: Scan, prefix: str, suffix: str = "",
 def unsupervised_scores(model, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(A, A_pores)``: the anomaly score without and with the surface post-processing.
 
-    One reconstruction serves both: the same grid inference as ``PoreModel.predict``, then
-    ``A = |x − x̂|`` and eq. (2)-(3) on it (Iuso et al. 2024), half the time of two ``predict`` calls
-    (which remain the fallback).
+    One reconstruction (``PoreModel.reconstruct``, the same grid inference as ``PoreModel.predict``)
+    serves both: ``A = |x − x̂|`` and eq. (2)-(3) on it (Iuso et al. 2024), half the time of two
+    ``predict`` calls.
     """
     from porelab.postprocess import anomaly_map, surface_compensation
 
-    norm = model.normalisation.refit(raw)
-    x_hat = _reconstruction(model, raw, norm)
-    if x_hat is None:
-        return (model.replace(postprocess=False).predict(raw, progress=False),
-                model.replace(postprocess=True).predict(raw, progress=False))
-    a = anomaly_map(norm.apply(raw), x_hat)
+    x_hat = model.reconstruct(raw)
+    a = anomaly_map(model.normalisation.refit(raw).apply(raw), x_hat)
     return a, np.asarray(surface_compensation(a.copy(), x_hat)[0], dtype=np.float32)
-
-
-def _reconstruction(model, raw, norm):
-    """The net's reconstruction x̂ of ``raw`` (same grid inference as ``PoreModel.predict``), or None."""
-    try:
-        from porelab.patches import predict_volume
-        from porelab.runtime import get_device
-
-        device = get_device()
-        fn = model._patch_fn(norm, device)
-        return predict_volume(fn, raw, patch=model.patch, overlap=model.overlap, batch_size=model.batch_size,
-                              weighting=model.weighting, progress=False, device=device)
-    except (AttributeError, TypeError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------- one fold

@@ -183,3 +183,18 @@ def test_tables_and_classical_rows(smoke_dataset, tmp_path):
     base = search.baselines(ctx)
     assert len(base["black top-hat"]) == len(ctx.folds)
     assert 0.0 < base["black top-hat"][0]["val_ap"] <= 1.0
+
+
+def test_unsupervised_scores_match_predict(smoke_dataset):
+    """One reconstruction gives both scores, equal to PoreModel.predict without / with post-processing."""
+    from porelab.model import PoreModel
+    from porelab.nets import build
+    from porelab.normalise import Normalisation
+
+    raw = np.load(smoke_dataset.cv[0].scan).astype(np.float32)
+    net = build("vae", scale=0.125, patch_size=16)
+    model = PoreModel.from_trained(net, "vae", Normalisation.fit(raw), "smoke", patch=16)
+    a, a_pp = search.unsupervised_scores(model, raw)
+    np.testing.assert_allclose(a, model.replace(postprocess=False).predict(raw), atol=1e-6)
+    np.testing.assert_allclose(a_pp, model.replace(postprocess=True).predict(raw), atol=1e-6)
+    assert not np.allclose(a, a_pp)
