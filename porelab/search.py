@@ -76,8 +76,11 @@ PROFILE_OVERRIDES: dict[str, dict] = {
 
 
 def pipeline_profile(profile) -> Profile:
-    """The profile as the pipeline runs it: ``porelab.config`` values with :data:`PROFILE_OVERRIDES`."""
-    prof = get_profile(profile) if isinstance(profile, str) else profile
+    """The profile as the pipeline runs it: a profile *name* gets ``porelab.config``'s values with
+    :data:`PROFILE_OVERRIDES`; a ``Profile`` object is used as given."""
+    if isinstance(profile, Profile):
+        return profile
+    prof = get_profile(profile)
     changes = dict(PROFILE_OVERRIDES.get(prof.name, {}))
     if "extra" in changes:
         changes["extra"] = {**changes["extra"], **prof.extra}
