@@ -17,13 +17,14 @@ just before inference (after importing torch and building the net), i.e. what th
 
 Measured (2026-11-25, shared 2-core CPU, 1 torch thread, batch 4, patch 32, half overlap, --repeat 2):
 
-=====================  =========  ========  ==========  ==============  ============
-shape, net             speed-up   max diff  peak RSS    added by infer  porelab vox/s
-=====================  =========  ========  ==========  ==============  ============
-128·256·256 unet 0.25  1.16×      1.2e-7    331/508 MB  107/284 MB      2.4e5
-128·256·256 unet 0.125 1.22×      1.8e-7    307/498 MB   83/274 MB      4.9e5
-256·512·512 identity   2.3-3.8×   0         478/1377 MB 257/1156 MB     8.8e6
-=====================  =========  ========  ==========  ==============  ============
+=====================  =========  ========  ===========  ==============
+shape, net             speed-up   max diff  peak RSS MB  added by infer
+=====================  =========  ========  ===========  ==============
+128·256·256 unet 0.25  1.16-1.34× 1.2e-7    322/509      98/285
+128·512·512 unet 0.25  1.09×      1.2e-7    414/884      190/660
+128·256·256 unet 0.125 1.22×      1.8e-7    307/498      83/274
+256·512·512 identity   2.7-3.3×   0         364/1376     143/1156
+=====================  =========  ========  ===========  ==============
 
 (porelab/TorchIO.) The patch pipeline itself is 2-4× faster and adds a fixed few slabs of memory instead of
 ≈ 4 float copies of the volume; with a real net both paths run the identical forward passes over the
