@@ -44,9 +44,11 @@ class LazyGroup(click.Group):
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:  # a command whose module is missing stays listed
+            reason = str(exc)
+
             @click.command(name=name, help=COMMANDS[name][2])
             def unavailable():
-                raise click.ClickException(f"'{name}' is unavailable: {exc}")
+                raise click.ClickException(f"'{name}' is unavailable: {reason}")
 
             return unavailable
 
