@@ -38,7 +38,7 @@ class Profile:
     heuristic_comparison: bool  # also train supervised nets on Algorithm 1 labels (paper's Table 7 comparison)
     extra: dict = field(default_factory=dict)
 
-    def replace(self, **changes) -> "Profile":
+    def replace(self, **changes) -> Profile:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

@@ -66,4 +66,4 @@ def build(name: str, scale: float = 1.0, **overrides):
     return get_class(name)(scale=scale, **overrides)
 
 
-__all__ = ["NAMES", "SUPERVISED", "UNSUPERVISED", "build", "get_class", "check_name", "is_supervised"]
+__all__ = ["NAMES", "SUPERVISED", "UNSUPERVISED", "build", "check_name", "get_class", "is_supervised"]
