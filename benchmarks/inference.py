@@ -48,6 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _proc import status_mb
+
 
 def _rss_mb() -> float:
     with open("/proc/self/statm") as fh:
@@ -96,12 +98,6 @@ def prepare(args) -> None:
         torch.save(build(args.net, **kw).state_dict(), d / "weights.pt")
 
 
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def worker(args) -> None:
@@ -131,7 +127,7 @@ def worker(args) -> None:
     n = int(np.prod(vol.shape))
     peak = _maxrss_mb()
     print(json.dumps({"voxels_per_s": n / seconds, "seconds": seconds, "peak_rss_mb": peak,
-                      "inference_rss_mb": peak - base, "baseline_rss_mb": base, "vm_hwm_mb": _hwm_mb()}))
+                      "inference_rss_mb": peak - base, "baseline_rss_mb": base, "vm_hwm_mb": status_mb("VmHWM")}))
 
 
 def main(argv=None) -> dict:

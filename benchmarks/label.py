@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _proc import status_mb
 
 
 def synthetic_scan(n: int, seed: int = 0, porosity: float = 0.01):
@@ -80,7 +81,7 @@ def _child(npy: str, centres_path: str) -> None:
 
     scan = np.load(npy)  # in RAM, like a user's scan
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    cur = _rss_kb()
+    cur = int(status_mb("VmRSS") * 1024)
     t0 = time.perf_counter()
     res = run_algorithm1(scan)
     seconds = time.perf_counter() - t0
@@ -91,14 +92,6 @@ def _child(npy: str, centres_path: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_kb": peak, "base_peak_kb": base, "scan_kb": cur,
                       "pores_found": res.pores_kept, "pores_matched": matched,
                       "thresholds": [res.low_threshold, res.pore_threshold]}))
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _proc import status_mb
 
 
 def make_inputs(shape, folder: Path, seed: int = 0) -> None:
@@ -42,12 +43,6 @@ def make_inputs(shape, folder: Path, seed: int = 0) -> None:
     del s, t
 
 
-def _anon_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(folder: Path, exact_check: int) -> dict:
@@ -55,16 +50,16 @@ def child(folder: Path, exact_check: int) -> dict:
 
     s = np.load(folder / "score.npy", mmap_mode="r")
     t = np.load(folder / "truth.npy", mmap_mode="r")
-    peak = [_anon_mb()]
+    peak = [status_mb("RssAnon")]
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], _anon_mb())
+            peak[0] = max(peak[0], status_mb("RssAnon"))
             time.sleep(0.02)
 
     th = threading.Thread(target=sample, daemon=True)
-    base = _anon_mb()
+    base = status_mb("RssAnon")
     th.start()
     t0, c0 = time.perf_counter(), time.process_time()
     res = evaluate_scores(s, t, method="binned")
