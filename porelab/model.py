@@ -3,7 +3,7 @@
 A model folder holds ``model.json`` (net name and constructor arguments, normalisation, patch, overlap,
 blending, kind, post-processing flag, decision threshold, free ``meta``) and ``weights.pt`` (the net's
 ``state_dict``). ``PoreModel.predict`` runs the whole path of the design note: normalise → patches → net →
-aggregate → (unsupervised) anomaly score ``|x − x̂|`` and surface compensation (Iuso et al. 2024, eq. (2)-(3)).
+aggregate → (unsupervised) anomaly score ``|x − x̂|`` (or its dark side) and surface compensation (Iuso et al. 2024, eq. (2)-(3)).
 
 >>> model = PoreModel.load("models/unet")            # doctest: +SKIP
 >>> score, mask = model.segment(scan)                 # float32 score, bool mask (score >= threshold)
@@ -44,7 +44,10 @@ class PoreModel:
     patch : int
         Inference patch edge (voxels).
     postprocess : bool
-        Unsupervised nets: apply the surface compensation (eq. (2)-(3)) to ``|x − x̂|``.
+        Unsupervised nets: apply the surface compensation (eq. (2)-(3)) to the anomaly score.
+    residual : {"abs", "dark"}
+        Unsupervised nets: the anomaly score ``|x − x̂|`` (the paper's) or the one-sided ``max(0, x̂ − x)``
+        (pores are darker than the metal; ``porelab.postprocess.anomaly_map``).
     threshold : float
         Decision threshold on the score (``mask = score >= threshold``).
     meta : dict
@@ -63,11 +66,15 @@ class PoreModel:
     overlap: float = 0.5
     weighting: str = "average"
     batch_size: int = 4
+    residual: str = "abs"
 
     def __post_init__(self):
         from porelab.nets import check_name
+        from porelab.postprocess import RESIDUALS
 
         check_name(self.name)
+        if self.residual not in RESIDUALS:
+            raise ModelError(f"model {self.name!r}: residual must be one of {RESIDUALS}, got {self.residual!r}")
         self._net = None
         self._device = None
 
@@ -163,8 +170,8 @@ class PoreModel:
                 device=None, return_info: bool = False):
         """Voxel score of ``scan`` (float32, (Z, Y, X)); higher = more likely pore.
 
-        Supervised nets: the aggregated probability. Unsupervised nets: ``A = |x − x̂|`` on the normalised
-        scan, then (``postprocess``) ``A_pores = max(0, A − λ* G_σ*(D))`` (Iuso et al. 2024, eq. (2)-(3)).
+        Supervised nets: the aggregated probability. Unsupervised nets: ``A = |x − x̂|`` (``residual="abs"``)
+        or ``max(0, x̂ − x)`` (``"dark"``) on the normalised scan, then (``postprocess``) ``A_pores = max(0, A − λ* G_σ*(D))`` (Iuso et al. 2024, eq. (2)-(3)).
         ``out`` (e.g. an ``np.memmap``) receives the score of supervised nets without a full-volume copy.
         With ``return_info`` a dict (normalisation levels, λ*, σ*) is returned too.
         """
@@ -185,7 +192,7 @@ class PoreModel:
             from porelab.postprocess import anomaly_map, surface_compensation
 
             x_hat = predict_volume(fn, scan, desc=f"{self.name} reconstruction", **kw)
-            a = anomaly_map(norm.apply(scan), x_hat)
+            a = anomaly_map(norm.apply(scan), x_hat, residual=self.residual)
             if self.postprocess:
                 res = surface_compensation(a, x_hat)
                 score = res[0]
@@ -210,7 +217,7 @@ class PoreModel:
         return {"format": FORMAT, "name": self.name, "kind": self.kind, "net_kwargs": self.net_kwargs,
                 "normalisation": self.normalisation.to_dict(), "patch": self.patch, "overlap": self.overlap,
                 "weighting": self.weighting, "batch_size": self.batch_size, "postprocess": self.postprocess,
-                "threshold": self.threshold, "meta": self.meta}
+                "residual": self.residual, "threshold": self.threshold, "meta": self.meta}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/model.json`` and ``directory/weights.pt`` atomically (all or nothing)."""
@@ -252,7 +259,8 @@ class PoreModel:
                         normalisation=Normalisation.from_dict(cfg["normalisation"]), patch=int(cfg["patch"]),
                         postprocess=bool(cfg.get("postprocess", True)), threshold=float(cfg["threshold"]),
                         meta=dict(cfg.get("meta") or {}), overlap=float(cfg.get("overlap", 0.5)),
-                        weighting=str(cfg.get("weighting", "average")), batch_size=int(cfg.get("batch_size", 4)))
+                        weighting=str(cfg.get("weighting", "average")), batch_size=int(cfg.get("batch_size", 4)),
+                        residual=str(cfg.get("residual", "abs")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{cfg_path}: invalid model description ({type(exc).__name__}: {exc})") from None
         model.net("cpu")  # fail now, with a clear message, if the weights do not fit

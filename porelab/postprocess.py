@@ -35,6 +35,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_N_SAMPLE",
     "DEFAULT_SIGMAS",
+    "RESIDUALS",
     "anomaly_map",
     "derivative_sum",
     "fit_lambda",
@@ -49,8 +50,20 @@ DEFAULT_N_SAMPLE = 2_000_000
 _SLAB_VOXELS = 1 << 22   # planes per slab chosen so a slab holds about 4 M voxels (16 MB float32)
 
 
-def anomaly_map(x, x_hat, *, out=None) -> np.ndarray:
-    """Voxel-wise anomaly score ``A = |x − x̂|`` as float32 (Iuso et al. 2024, Sect. 3.2 / 3.4).
+#: residual modes of :func:`anomaly_map`
+RESIDUALS = ("abs", "dark")
+
+
+def anomaly_map(x, x_hat, *, out=None, residual: str = "abs") -> np.ndarray:
+    """Voxel-wise anomaly score of a reconstruction, float32 (Iuso et al. 2024, Sect. 3.2 / 3.4).
+
+    ``residual="abs"`` is the paper's ``A = |x − x̂|``. ``residual="dark"`` is the one-sided
+    ``A = max(0, x̂ − x)``: a pore is a void, so it is always *darker* than the metal the VAE reconstructs
+    in its place, while bright anomalies (noise spikes, the bright side of streaks, the inner side of the
+    blurred skin where ``x > x̂``) are not pores. Measured on the ``quick`` simulated scans with the same
+    trained VAE (``benchmarks/quality.py``-style evaluation, voxel AP inside the part, after eq. (2)-(3)):
+    unseen cylinders 0.67 → 0.78-0.81, hard cube 0.017 → 0.16. Which one a model uses is chosen on the
+    validation scan by the AutoML pipeline and saved with the model.
 
     Parameters
     ----------
@@ -58,11 +71,14 @@ def anomaly_map(x, x_hat, *, out=None) -> np.ndarray:
         The (normalised) scan and the net's deterministic reconstruction, same shape.
     out : np.ndarray float32, optional
         Where to write the result (may be ``x_hat`` itself to save memory, or a memmap).
+    residual : {"abs", "dark"}
 
     Returns
     -------
     np.ndarray float32, same shape.
     """
+    if residual not in RESIDUALS:
+        raise ValueError(f"anomaly_map: residual must be one of {RESIDUALS}, got {residual!r}")
     x = np.asarray(x)
     x_hat = np.asarray(x_hat)
     if x.shape != x_hat.shape:
@@ -70,8 +86,12 @@ def anomaly_map(x, x_hat, *, out=None) -> np.ndarray:
     if out is None:
         out = np.empty(x.shape, dtype=np.float32)
     for sl in _slabs(x.shape):
-        np.subtract(x[sl], x_hat[sl], out=out[sl], dtype=np.float32, casting="unsafe")
-        np.abs(out[sl], out=out[sl])
+        if residual == "abs":
+            np.subtract(x[sl], x_hat[sl], out=out[sl], dtype=np.float32, casting="unsafe")
+            np.abs(out[sl], out=out[sl])
+        else:
+            np.subtract(x_hat[sl], x[sl], out=out[sl], dtype=np.float32, casting="unsafe")
+            np.maximum(out[sl], 0, out=out[sl])
     return out
 
 

@@ -186,3 +186,22 @@ def test_reconstruct_is_the_input_of_the_unsupervised_score(rng):
                                atol=1e-6)
     with pytest.raises(ConfigError, match="supervised"):
         _model("unet").reconstruct(scan)
+
+
+def test_dark_residual_is_saved_and_used(tmp_path, rng):
+    from porelab.errors import ModelError
+    from porelab.postprocess import anomaly_map
+
+    model = _model("vae", postprocess=False, residual="dark")
+    scan = _scan(rng)
+    x_hat = model.reconstruct(scan)
+    x = Normalisation.fit(scan).apply(scan)
+    score = model.predict(scan)
+    np.testing.assert_allclose(score, anomaly_map(x, x_hat, residual="dark"), atol=1e-6)
+    assert (score[x > x_hat + 1e-5] == 0).all() and score.max() > 0
+    model.save(tmp_path / "m")
+    loaded = PoreModel.load(tmp_path / "m")
+    assert loaded.residual == "dark"
+    np.testing.assert_array_equal(loaded.predict(scan), score)
+    with pytest.raises(ModelError, match="residual"):
+        model.replace(residual="bright")

@@ -47,6 +47,23 @@ def test_anomaly_map_is_abs_difference_float32(rng):
         anomaly_map(x, xh[:4])
 
 
+def test_anomaly_map_dark_residual_keeps_only_darker_voxels(rng, monkeypatch):
+    monkeypatch.setattr(postprocess, "_SLAB_VOXELS", 6 * 7 * 2)      # several slabs
+    x = rng.random((5, 6, 7))
+    xh = rng.random((5, 6, 7)).astype(np.float32)
+    a = anomaly_map(x, xh, residual="dark")
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, np.maximum(xh - x, 0), rtol=1e-6, atol=1e-6)
+    assert (a[x > xh] == 0).all() and (a[x < xh] > 0).all()
+    # a dark pore scores, an equally bright blob does not
+    scan = np.full((8, 8, 8), 0.8, np.float32)
+    scan[2, 2, 2], scan[5, 5, 5] = 0.2, 1.4
+    dark = anomaly_map(scan, np.full_like(scan, 0.8), residual="dark")
+    assert dark[2, 2, 2] > 0.5 and dark[5, 5, 5] == 0
+    with pytest.raises(ValueError):
+        anomaly_map(x, xh, residual="bright")
+
+
 def test_derivative_sum_matches_np_gradient_across_slabs(rng, monkeypatch):
     v = rng.random((11, 9, 8)).astype(np.float32)
     expected = sum(np.abs(g) for g in np.gradient(v))
