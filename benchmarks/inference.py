@@ -108,9 +108,18 @@ def worker(args) -> None:
     from porelab.patches import predict_volume, predict_volume_torchio
 
     d = Path(args.dir)
-    _, fn = _build(args)
+    net, fn = _build(args)
     base = _rss_mb()
     t0 = time.perf_counter()
+    forward = args.porelab_forward if args.worker == "porelab" else args.torchio_forward
+    if net is not None and forward == "optimized":
+        from porelab.infer_opt import optimize_for_inference
+        from porelab.nets import UNSUPERVISED
+
+        method = "reconstruct" if args.net in UNSUPERVISED else "forward"
+        fast = optimize_for_inference(net, torch.device("cpu"), method=method,
+                                      example=torch.rand(1, 1, args.patch, args.patch, args.patch))
+        fn = getattr(fast, method)
     if args.worker == "porelab":
         vol = np.load(d / "scan.npy", mmap_mode="r")
         out = np.lib.format.open_memmap(d / "out_porelab.npy", mode="w+", dtype=np.float32, shape=vol.shape)
@@ -140,6 +149,11 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or
                    len(os.sched_getaffinity(0)))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--porelab-forward", choices=["optimized", "eager"], default="optimized",
+                   help="porelab's forward: porelab.infer_opt.optimize_for_inference (as PoreModel.predict "
+                        "runs it; its set-up time is included) or the plain eager net")
+    p.add_argument("--torchio-forward", choices=["optimized", "eager"], default="eager",
+                   help="the TorchIO path's forward (eager: the net as given, what a TorchIO user runs)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the two workers alternately this many times; keep each path's fastest run "
                         "(and its largest peak memory): steadier figures on a shared machine")
@@ -160,7 +174,8 @@ def main(argv=None) -> dict:
         d = Path(tmp)
         common = ["--shape", *map(str, args.shape), "--net", args.net, "--scale", str(args.scale),
                   "--patch", str(args.patch), "--batch-size", str(args.batch_size), "--threads",
-                  str(args.threads), "--seed", str(args.seed), "--dir", str(d)]
+                  str(args.threads), "--seed", str(args.seed), "--dir", str(d),
+                  "--porelab-forward", args.porelab_forward, "--torchio-forward", args.torchio_forward]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         # the data are made in a subprocess too: this parent stays small (numpy only), because a child's
         # getrusage maxrss starts from the parent's resident set at fork time
@@ -193,7 +208,8 @@ def main(argv=None) -> dict:
                                          / max(results["torchio"]["inference_rss_mb"], 1e-9))
     results["config"] = {"shape": args.shape, "net": args.net, "scale": args.scale, "patch": args.patch,
                          "batch_size": args.batch_size, "threads": args.threads, "overlap": 0.5,
-                         "repeat": args.repeat}
+                         "repeat": args.repeat, "porelab_forward": args.porelab_forward,
+                         "torchio_forward": args.torchio_forward}
     if args.json:
         print(json.dumps(results))
     else:
