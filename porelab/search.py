@@ -63,6 +63,8 @@ PAPER_GAMMAS = (1 / 3, 1 / 2, 2 / 3, 1.0, 4 / 3, 3 / 2, 5 / 3, 2.0)
 #: the paper's FTL optimum (§5.1, Tables 1-2), the first trial of every TPE supervised study
 PAPER_FTL_OPTIMUM = {"alpha": 0.633, "beta": 0.1, "gamma": 1.0}
 TOPHAT_RADIUS = 3       # voxels; gas pores of the simulator have r 1-4 voxels
+#: anomaly residuals tried on every unsupervised fold (``postprocess.anomaly_map``); the validation scan picks
+DEFAULT_RESIDUALS = {"smoke": ("abs", "dark"), "quick": ("abs", "dark"), "paper": ("abs", "dark")}
 
 #: Profile values the pipeline uses instead of ``porelab/config.py``'s (measured on a 2-core CPU; to be moved
 #: into config.py by its owner). ``extra`` keys: ``unsupervised_nets``, ``supervised_nets``, ``widths``,
@@ -274,18 +276,23 @@ def evaluate(score: np.ndarray, scan: Scan, prefix: str, suffix: str = "",
     return out
 
 
-def unsupervised_scores(model, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(A, A_pores)``: the anomaly score without and with the surface post-processing.
+def unsupervised_scores(model, raw: np.ndarray, residuals=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{residual: (A, A_pores)}``: the anomaly score without and with the surface post-processing, for
+    each residual mode (``porelab.postprocess.anomaly_map``: ``"abs"`` = the paper's ``|x − x̂|``,
+    ``"dark"`` = ``max(0, x̂ − x)``; default: the model's own).
 
     One reconstruction (``PoreModel.reconstruct``, the same grid inference as ``PoreModel.predict``)
-    serves both: ``A = |x − x̂|`` and eq. (2)-(3) on it (Iuso et al. 2024), half the time of two
-    ``predict`` calls.
+    serves all of them, eq. (2)-(3) (Iuso et al. 2024) run on each.
     """
     from porelab.postprocess import anomaly_map, surface_compensation
 
     x_hat = model.reconstruct(raw)
-    a = anomaly_map(model.normalisation.refit(raw).apply(raw), x_hat)
-    return a, np.asarray(surface_compensation(a.copy(), x_hat)[0], dtype=np.float32)
+    x = model.normalisation.refit(raw).apply(raw)
+    out = {}
+    for mode in (residuals or (model.residual,)):
+        a = anomaly_map(x, x_hat, residual=mode)
+        out[mode] = (a, np.asarray(surface_compensation(a.copy(), x_hat)[0], dtype=np.float32))
+    return out
 
 
 # ---------------------------------------------------------------------------------------- one fold
@@ -332,18 +339,29 @@ def score_fold(ctx: Context, model, fold: int, *, threshold_labels: dict[str, np
     targets = [("val", val)] + ([("hard", ctx.hard)] if ctx.hard is not None else [])
     metrics, curves, scores = {}, {}, {}
     unsup = model.kind == "unsupervised"
+    residuals = tuple(ctx.option("residuals", DEFAULT_RESIDUALS)) if unsup else ()
     for prefix, s in targets:
         if unsup:
-            scores[prefix] = unsupervised_scores(model, s.raw)
+            scores[prefix] = unsupervised_scores(model, s.raw, residuals)
         else:
             scores[prefix] = (model.predict(s.raw, progress=False),)
-    main = scores["val"][-1]
     if threshold_labels is not None:
         ref = threshold_labels[val.name]
     elif ctx.policy.get("threshold_labels", "truth") == "alg1" or not val.truth[val.object].any():
         ref = val.alg1
     else:
         ref = val.truth
+    if unsup:     # the residual mode, like the threshold, is chosen on the labelled validation scan
+        from porelab.metrics import evaluate_scores
+
+        choice = {}
+        for mode in residuals:
+            choice[mode] = float(evaluate_scores(scores["val"][mode][1], ref, mask=val.object)["ap"])
+            metrics[f"val_ap_pp_{mode}"] = choice[mode]
+        model.residual = max(residuals, key=lambda m: (choice[m], m == "abs"))
+        model.meta["residual_choice"] = {"chosen": model.residual, "val_ap_pp": choice}
+        scores = {k: v[model.residual] for k, v in scores.items()}
+    main = scores["val"][-1]
     model.threshold, policy = choose_threshold(main, ref, kind=model.kind, object_mask=val.object)
     inside = np.asarray(main)[val.object]
     max_frac = float(ctx.policy.get("max_label_fraction", 0.1))

@@ -61,6 +61,12 @@ def test_smoke_pipeline_end_to_end(mlflow_env, smoke_dataset):
         assert len(client.get_metric_history(f.info.run_id, "train_loss")) >= 1
     unsup_folds = [f for f in folds if "val_ap_pp" in f.data.metrics]
     assert len(unsup_folds) == len(folds) // 2
+    for f in unsup_folds:      # both residuals scored; the fold's model uses the better one on validation
+        m = f.data.metrics
+        assert m["val_ap_pp_abs"] >= 0 and m["val_ap_pp_dark"] >= 0
+    chosen = tracking.resolve_model(search.UNSUPERVISED_NAME)
+    choice = chosen.meta["residual_choice"]
+    assert choice["chosen"] == chosen.residual == max(choice["val_ap_pp"], key=choice["val_ap_pp"].get)
 
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "tables")}
     assert {"tables/summary.csv", "tables/summary.md", "tables/complexity.csv"} <= arts
@@ -186,7 +192,8 @@ def test_tables_and_classical_rows(smoke_dataset, tmp_path):
 
 
 def test_unsupervised_scores_match_predict(smoke_dataset):
-    """One reconstruction gives both scores, equal to PoreModel.predict without / with post-processing."""
+    """One reconstruction gives every score, equal to PoreModel.predict without / with post-processing,
+    for both residual modes."""
     from porelab.model import PoreModel
     from porelab.nets import build
     from porelab.normalise import Normalisation
@@ -194,7 +201,11 @@ def test_unsupervised_scores_match_predict(smoke_dataset):
     raw = np.load(smoke_dataset.cv[0].scan).astype(np.float32)
     net = build("vae", scale=0.125, patch_size=16)
     model = PoreModel.from_trained(net, "vae", Normalisation.fit(raw), "smoke", patch=16)
-    a, a_pp = search.unsupervised_scores(model, raw)
-    np.testing.assert_allclose(a, model.replace(postprocess=False).predict(raw), atol=1e-6)
-    np.testing.assert_allclose(a_pp, model.replace(postprocess=True).predict(raw), atol=1e-6)
-    assert not np.allclose(a, a_pp)
+    scores = search.unsupervised_scores(model, raw, ("abs", "dark"))
+    for mode, (a, a_pp) in scores.items():
+        m = model.replace(residual=mode)
+        np.testing.assert_allclose(a, m.replace(postprocess=False).predict(raw), atol=1e-6)
+        np.testing.assert_allclose(a_pp, m.replace(postprocess=True).predict(raw), atol=1e-6)
+        assert not np.allclose(a, a_pp)
+    assert (scores["dark"][0] <= scores["abs"][0] + 1e-6).all()
+    assert list(search.unsupervised_scores(model, raw)) == ["abs"]          # default: the model's own
