@@ -49,6 +49,10 @@ class TrainConfig:
     amp : mixed precision on CUDA (ignored on CPU).
     weight_decay : Adam weight decay (0 in the paper).
     grad_clip : max gradient norm, or None.
+    collapse_rollbacks : supervised nets only: how many times a collapse to "no pore anywhere" (validation
+        Focal Tversky loss ≥ 0.999, i.e. TI ≈ 0: the sigmoid saturated, its gradient vanished and training
+        cannot recover by itself) is undone by reloading the best weights, resetting Adam and halving the
+        learning rate (0: never). Measured on the quick scans: a UNet at lr 1e-3 collapsed in 2 of 4 runs.
     device : "cpu", "cuda", … or None for automatic.
     """
 
@@ -67,6 +71,7 @@ class TrainConfig:
     amp: bool = True
     weight_decay: float = 0.0
     grad_clip: float | None = None
+    collapse_rollbacks: int = 2
     device: str | None = None
 
     @classmethod
@@ -227,7 +232,8 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
     loader = make_loader(queue, config.batch_size)
 
     history = {"train_loss": [], "val_loss": [], "seconds": [], "best_epoch": None, "best_val_loss": None,
-               "stopped_early": False, "epochs": 0, "device": str(device), "resumed_from": None}
+               "stopped_early": False, "epochs": 0, "device": str(device), "resumed_from": None,
+               "rollbacks": []}
     best_loss, best_state, wait, start_epoch = math.inf, None, 0, 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None:
@@ -312,6 +318,14 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                     _save(best_state, ckpt / "best.pt")
             else:
                 wait += 1
+                if (supervised and val_loss >= COLLAPSED_LOSS and best_state is not None
+                        and best_loss < COLLAPSED_LOSS and len(history.setdefault("rollbacks", []))
+                        < config.collapse_rollbacks):
+                    # collapse to an empty prediction: back to the best weights, fresh Adam, half the lr
+                    lr = optimiser.param_groups[0]["lr"] * 0.5
+                    net.load_state_dict(best_state)
+                    optimiser = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=config.weight_decay)
+                    history["rollbacks"].append({"epoch": epoch, "lr": lr})
             stop = wait >= config.patience
             history["stopped_early"] = bool(stop)
             if ckpt is not None:
@@ -336,4 +350,7 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
     return net, history
 
 
-__all__ = ["Sample", "TrainConfig", "fit", "validation_batches"]
+#: a supervised validation loss at or above this is an empty prediction (Focal Tversky: TI ≈ 0)
+COLLAPSED_LOSS = 0.999
+
+__all__ = ["COLLAPSED_LOSS", "Sample", "TrainConfig", "fit", "validation_batches"]

@@ -75,6 +75,30 @@ def test_early_stopping_triggers():
     assert hist["epochs"] == 2 and hist["best_epoch"] == 0
 
 
+@pytest.mark.parametrize("rollbacks", [1, 0])
+def test_collapse_to_no_pore_is_rolled_back(rollbacks):
+    """A net whose sigmoid saturates (empty prediction, validation FTL 1, no gradient) is reset to its best
+    weights with a fresh optimiser at half the learning rate; with ``collapse_rollbacks=0`` it stays dead."""
+    train, val = [_toy(1)], [_toy(3)]
+    torch.manual_seed(0)
+    net = build("unet", scale=0.125)
+
+    def kill(epoch, losses):          # after epoch 0: saturate the head so every voxel predicts 0
+        if epoch == 0:
+            with torch.no_grad():
+                net.head[0].bias.fill_(-1e4)
+
+    net, hist = fit(net, "unet", train, val, _cfg(max_epochs=3, lr=1e-3, collapse_rollbacks=rollbacks),
+                    progress=False, seed=0, on_epoch=kill)
+    assert hist["val_loss"][1] >= 0.999                     # epoch 1 saw the collapsed net
+    if rollbacks:
+        assert hist["rollbacks"] == [{"epoch": 1, "lr": pytest.approx(5e-4)}]
+        assert hist["val_loss"][2] < 0.999                  # epoch 2 trains the restored weights
+    else:
+        assert hist["rollbacks"] == [] and hist["val_loss"][2] >= 0.999
+    assert float(net.head[0].bias) > -10                     # best (pre-collapse) weights returned
+
+
 def test_checkpoints_and_resume(tmp_path):
     train, val = [_toy(1)], [_toy(3)]
     ck = tmp_path / "ck"
