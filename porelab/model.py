@@ -153,7 +153,11 @@ class PoreModel:
                               desc=f"{self.name} reconstruction")
 
     def _patch_fn(self, norm: Normalisation, device):
-        net = self.net(device)
+        from porelab.infer_opt import cached_inference_net
+
+        # the same function as the eager net, faster on the CPU (checked on a patch; falls back to eager)
+        net = cached_inference_net(self.net(device), device, patch=self.patch,
+                                   method="forward" if self.kind == "supervised" else "reconstruct")
         if self.kind == "supervised":
             def fn(x):
                 y = net(norm.apply_torch(x))

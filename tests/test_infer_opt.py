@@ -1,0 +1,148 @@
+"""Inference-optimised forward passes (porelab.infer_opt): the same outputs as the eager nets, the fallback."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from porelab.infer_opt import (
+    InferenceNet,
+    PointwiseConv3d,
+    cached_inference_net,
+    example_input,
+    optimize_for_inference,
+    pad_replicate,
+)
+from porelab.nets import build
+
+CPU = torch.device("cpu")
+TOL = 1e-5       # the brief's bound is 1e-4 on the reassembled score; the forward itself is checked tighter
+
+
+def _eager_and_fast(name, **kw):
+    torch.manual_seed(0)
+    net = build(name, scale=0.125, **kw).eval()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    method = "reconstruct" if hasattr(net, "reconstruct") else "forward"
+    fast = optimize_for_inference(net, CPU, example=example_input(16), method=method)
+    return net, fast, state, method
+
+
+@pytest.mark.parametrize("name", ["unet", "unet3p", "accunet"])
+def test_supervised_optimised_equals_eager(name):
+    net, fast, state, _ = _eager_and_fast(name)
+    assert isinstance(fast, InferenceNet), "the optimisation fell back to the eager net"
+    info = fast.info
+    rewrites = info["upconv"] + info["cheap"] + info["pointwise"] + info["replicate_pad"] + info["bn_folded"]
+    assert rewrites > 0 and info["channels_last"]        # measured to help these three
+    x = torch.rand(3, 1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref, got = net(x), fast(x)
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) <= TOL
+    # the original net is untouched: same classes, same weights, default memory format
+    assert all(type(m) is not PointwiseConv3d for m in net.modules())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+@pytest.mark.parametrize("name", ["cevae", "gmvae", "rvvae"])
+def test_unsupervised_reconstruction_equals_eager(name):
+    net, fast, _, method = _eager_and_fast(name, patch_size=16)
+    assert method == "reconstruct" and isinstance(fast, InferenceNet)
+    x = torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ref, got = net.reconstruct(x), fast.reconstruct(x)
+    assert got.shape == ref.shape == x.shape
+    assert float((got - ref).abs().max()) <= TOL
+
+
+def test_pad_replicate_matches_f_pad_in_both_layouts():
+    x = torch.rand(2, 5, 6, 7, 8)
+    for t in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+        for pad in [(1, 1, 1), (1, 2, 0), (0, 0, 3)]:
+            ref = F.pad(t, (pad[2], pad[2], pad[1], pad[1], pad[0], pad[0]), mode="replicate")
+            got = pad_replicate(t, pad)
+            assert torch.equal(got, ref)
+            assert got.is_contiguous(memory_format=torch.channels_last_3d) == \
+                (t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous())
+
+
+class _Unpicklable(nn.Module):
+    """A net whose copy fails (it holds a lock): the optimisation must give up and keep the eager net."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 1, 3, padding=1, padding_mode="replicate")
+        self.lock = threading.Lock()
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_fallback_when_the_copy_fails():
+    net = _Unpicklable()
+    with pytest.warns(RuntimeWarning, match="eager net"):
+        out = optimize_for_inference(net, CPU, example=example_input(8))
+    assert out is net and not net.training
+
+
+def test_fallback_when_the_optimised_output_differs(monkeypatch):
+    original = PointwiseConv3d.forward
+    monkeypatch.setattr(PointwiseConv3d, "forward", lambda self, x: original(self, x) + 1e-3)
+    torch.manual_seed(0)
+    net = build("unet", scale=0.125)
+    with pytest.warns(RuntimeWarning, match="differs"):
+        out = optimize_for_inference(net, CPU, example=example_input(16))
+    assert out is net
+    # without an example nothing is checked: the (here broken) copy is returned
+    assert isinstance(optimize_for_inference(net, CPU), InferenceNet)
+
+
+def test_non_cpu_devices_get_the_net_unchanged():
+    net = build("unet", scale=0.125).train()
+    out = optimize_for_inference(net, torch.device("cuda"))       # nothing is sent to the device
+    assert out is net and not net.training
+    assert cached_inference_net(net, torch.device("cuda"), patch=16) is net
+
+
+def test_cache_reuses_and_follows_weight_updates():
+    torch.manual_seed(0)
+    net = build("unet", scale=0.125).eval()
+    a = cached_inference_net(net, CPU, patch=16)
+    assert cached_inference_net(net, CPU, patch=16) is a and isinstance(a, InferenceNet)
+    with torch.no_grad():
+        net.head[0].bias.add_(0.5)
+    b = cached_inference_net(net, CPU, patch=16)
+    assert b is not a
+    x = example_input(16)
+    with torch.inference_mode():
+        assert float((b(x) - net(x)).abs().max()) <= TOL
+        assert float((a(x) - net(x)).abs().max()) > 1e-3
+
+
+def test_pore_model_predict_equals_eager_grid_inference(rng):
+    """PoreModel.predict (optimised forward) against predict_volume with the plain eager net."""
+    from porelab.model import PoreModel
+    from porelab.normalise import Normalisation
+    from porelab.patches import predict_volume
+
+    torch.manual_seed(0)
+    net = build("unet", scale=0.125)
+    scan = (rng.random((24, 40, 36)) * 1000).astype(np.float32)
+    norm = Normalisation.fit(scan)
+    model = PoreModel.from_trained(net, "unet", norm, net_kwargs={"scale": 0.125}, patch=16)
+    score = model.predict(scan, device=CPU)
+    eager = model.net(CPU)
+    n = norm.refit(scan) if norm.per_scan else norm
+    ref = predict_volume(lambda x: eager(n.apply_torch(x)), scan, patch=16, progress=False, device=CPU)
+    assert float(np.max(np.abs(score - ref))) <= TOL      # the required bound is 1e-4
+    # predict ran the optimised copy (cached per net), not the eager net
+    from porelab.infer_opt import _CACHE
+
+    assert isinstance(_CACHE[eager][1], InferenceNet)
