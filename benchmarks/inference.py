@@ -98,6 +98,13 @@ def prepare(args) -> None:
         torch.save(build(args.net, **kw).state_dict(), d / "weights.pt")
 
 
+def monai_unavailable() -> str | None:
+    """Why the optional MONAI column cannot run (None when ``monai`` imports)."""
+    try:
+        import monai.inferers  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import problem means: no MONAI column
+        return f"monai not importable ({type(exc).__name__}: {exc}); it is not a porelab dependency"
+    return None
 
 
 def worker(args) -> None:
@@ -112,21 +119,32 @@ def worker(args) -> None:
     base = _rss_mb()
     t0 = time.perf_counter()
     forward = args.porelab_forward if args.worker == "porelab" else args.torchio_forward
+    info = "eager"
     if net is not None and forward == "optimized":
-        from porelab.infer_opt import optimize_for_inference
+        # the set-up (copy, rewrite, equality check on one patch) is part of the timed inference
+        from porelab.infer_opt import example_input, optimize_for_inference
         from porelab.nets import UNSUPERVISED
 
         method = "reconstruct" if args.net in UNSUPERVISED else "forward"
-        fast = optimize_for_inference(net, torch.device("cpu"), method=method,
-                                      example=torch.rand(1, 1, args.patch, args.patch, args.patch))
+        fast = optimize_for_inference(net, torch.device("cpu"), method=method, example=example_input(args.patch))
         fn = getattr(fast, method)
+        info = getattr(fast, "info", "fallback to eager")
     if args.worker == "porelab":
         vol = np.load(d / "scan.npy", mmap_mode="r")
         out = np.lib.format.open_memmap(d / "out_porelab.npy", mode="w+", dtype=np.float32, shape=vol.shape)
-        predict_volume(fn, vol, patch=args.patch, overlap=0.5, batch_size=args.batch_size, out=out,
-                       progress=False, device=torch.device("cpu"))
+        predict_volume(fn, vol, patch=args.patch, overlap=0.5, batch_size=args.porelab_batch or args.batch_size,
+                       out=out, progress=False, device=torch.device("cpu"))
         out.flush()
         del out
+    elif args.worker == "monai":
+        from monai.inferers import sliding_window_inference
+
+        vol = np.load(d / "scan.npy")
+        with torch.inference_mode():
+            res = sliding_window_inference(torch.from_numpy(vol)[None, None], roi_size=(args.patch,) * 3,
+                                           sw_batch_size=args.batch_size, predictor=fn, overlap=0.5,
+                                           mode="constant")
+        np.save(d / "out_monai.npy", res[0, 0].numpy())
     else:
         vol = np.load(d / "scan.npy")
         res = predict_volume_torchio(fn, vol, patch=args.patch, overlap=0.5, batch_size=args.batch_size,
@@ -136,7 +154,8 @@ def worker(args) -> None:
     n = int(np.prod(vol.shape))
     peak = _maxrss_mb()
     print(json.dumps({"voxels_per_s": n / seconds, "seconds": seconds, "peak_rss_mb": peak,
-                      "inference_rss_mb": peak - base, "baseline_rss_mb": base, "vm_hwm_mb": status_mb("VmHWM")}))
+                      "inference_rss_mb": peak - base, "baseline_rss_mb": base, "vm_hwm_mb": status_mb("VmHWM"),
+                      "forward": info}))
 
 
 def main(argv=None) -> dict:
@@ -146,6 +165,8 @@ def main(argv=None) -> dict:
     p.add_argument("--scale", type=float, default=0.25)
     p.add_argument("--patch", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--porelab-batch", type=int, default=0,
+                   help="porelab's batch size if it should differ from --batch-size (TorchIO keeps --batch-size)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or
                    len(os.sched_getaffinity(0)))
     p.add_argument("--seed", type=int, default=0)
@@ -158,7 +179,7 @@ def main(argv=None) -> dict:
                    help="run the two workers alternately this many times; keep each path's fastest run "
                         "(and its largest peak memory): steadier figures on a shared machine")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
-    p.add_argument("--worker", choices=["prepare", "porelab", "torchio"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["prepare", "porelab", "torchio", "monai"], help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker == "prepare":
@@ -175,19 +196,23 @@ def main(argv=None) -> dict:
         common = ["--shape", *map(str, args.shape), "--net", args.net, "--scale", str(args.scale),
                   "--patch", str(args.patch), "--batch-size", str(args.batch_size), "--threads",
                   str(args.threads), "--seed", str(args.seed), "--dir", str(d),
-                  "--porelab-forward", args.porelab_forward, "--torchio-forward", args.torchio_forward]
+                  "--porelab-forward", args.porelab_forward, "--torchio-forward", args.torchio_forward,
+                  "--porelab-batch", str(args.porelab_batch)]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         # the data are made in a subprocess too: this parent stays small (numpy only), because a child's
         # getrusage maxrss starts from the parent's resident set at fork time
         subprocess.run([sys.executable, __file__, "--worker", "prepare", *common], check=True, env=env)
-        results = {}
+        results, all_seconds = {}, {}
+        monai_reason = monai_unavailable()     # optional third column, only when monai imports
+        paths = ("porelab", "torchio") + (("monai",) if monai_reason is None else ())
         for _ in range(max(1, args.repeat)):
-            for which in ("porelab", "torchio"):
+            for which in paths:
                 proc = subprocess.run([sys.executable, __file__, "--worker", which, *common],
                                       capture_output=True, text=True, env=env, check=False)
                 if proc.returncode != 0:
                     raise SystemExit(f"{which} worker failed:\n{proc.stderr[-3000:]}")
                 run = json.loads(proc.stdout.strip().splitlines()[-1])
+                all_seconds.setdefault(which, []).append(round(run["seconds"], 2))
                 best = results.get(which)
                 if best is None:
                     results[which] = run
@@ -201,13 +226,21 @@ def main(argv=None) -> dict:
         b = np.load(d / "out_torchio.npy", mmap_mode="r")
         diff = max(float(np.max(np.abs(np.asarray(a[z:z + 16]) - np.asarray(b[z:z + 16]))))
                    for z in range(0, a.shape[0], 16))
+        if monai_reason is None:
+            m = np.load(d / "out_monai.npy", mmap_mode="r")
+            results["monai"]["max_abs_diff_to_porelab"] = float(np.max(np.abs(np.asarray(m) - np.asarray(a))))
+            results["monai_speedup"] = results["porelab"]["voxels_per_s"] / results["monai"]["voxels_per_s"]
+        else:
+            results["monai"], results["monai_reason"] = None, monai_reason
     results["max_abs_diff"] = diff
+    results["all_seconds"] = all_seconds
     results["speedup"] = results["porelab"]["voxels_per_s"] / results["torchio"]["voxels_per_s"]
     results["memory_ratio"] = results["porelab"]["peak_rss_mb"] / results["torchio"]["peak_rss_mb"]
     results["inference_memory_ratio"] = (results["porelab"]["inference_rss_mb"]
                                          / max(results["torchio"]["inference_rss_mb"], 1e-9))
     results["config"] = {"shape": args.shape, "net": args.net, "scale": args.scale, "patch": args.patch,
-                         "batch_size": args.batch_size, "threads": args.threads, "overlap": 0.5,
+                         "batch_size": args.batch_size, "porelab_batch": args.porelab_batch or args.batch_size,
+                         "threads": args.threads, "overlap": 0.5,
                          "repeat": args.repeat, "porelab_forward": args.porelab_forward,
                          "torchio_forward": args.torchio_forward}
     if args.json:
