@@ -73,12 +73,14 @@ PROFILE_OVERRIDES: dict[str, dict] = {
     # quick: the whole job must fit ~30 min of a 2-core CPU; measured per training step (batch 4, 32³, one
     # thread): vae 0.35 s, cevae 0.77 s, unet 1.1 s; scoring a 96×128×128 scan 10-30 s. The VAE needs ~40
     # epochs of 32 patches per scan (held-out AP after post-processing 0.02 at 10 epochs, 0.60 at 40).
+    # UNet on the VAE's dark-residual pseudo-labels (12 epochs of 32 patches, gradient norm clipped at 1):
+    # unseen cylinders AP 0.84, cube 0.77; 8 epochs: 0.79 / 0.76; without clipping it collapsed.
     "quick": {"folds": 2, "n_trials_unsupervised": 1, "n_trials_supervised": 1, "max_epochs": 10,
               "patience": 4, "samples_per_volume": 16, "val_patches": 16, "lr": 2e-3,
               "extra": {"unsupervised_nets": ("vae",), "supervised_nets": ("unet",), "widths": (1.0,),
                         "unsupervised_train": {"max_epochs": 40, "samples_per_volume": 32, "patience": 10},
-                        "supervised_train": {"lr": 1e-3, "max_epochs": 8, "samples_per_volume": 32,
-                                             "patience": 8}}},
+                        "supervised_train": {"lr": 1e-3, "max_epochs": 12, "samples_per_volume": 32,
+                                             "patience": 8, "grad_clip": 1.0}}},
 }
 
 
