@@ -13,10 +13,12 @@ from torch import nn
 from porelab.infer_opt import (
     InferenceNet,
     PointwiseConv3d,
+    avg_pool2,
     cached_inference_net,
     example_input,
     optimize_for_inference,
     pad_replicate,
+    upsample2_trilinear,
 )
 from porelab.nets import build
 
@@ -33,7 +35,7 @@ def _eager_and_fast(name, **kw):
     return net, fast, state, method
 
 
-@pytest.mark.parametrize("name", ["unet", "unet3p", "accunet"])
+@pytest.mark.parametrize("name", ["unet", "mssunet", "unet3p"])
 def test_supervised_optimised_equals_eager(name):
     net, fast, state, _ = _eager_and_fast(name)
     assert isinstance(fast, InferenceNet), "the optimisation fell back to the eager net"
@@ -49,6 +51,19 @@ def test_supervised_optimised_equals_eager(name):
     assert all(type(m) is not PointwiseConv3d for m in net.modules())
     for k, v in net.state_dict().items():
         assert torch.equal(v, state[k])
+
+
+def test_accunet_batchnorm_folded_and_equal():
+    net, fast, _, _ = _eager_and_fast("accunet")
+    assert isinstance(fast, InferenceNet) and fast.info["bn_folded"] > 0
+    assert not fast.info["channels_last"]            # measured no gain for ACC-UNet
+    def n_bn(m):
+        return sum(isinstance(b, nn.BatchNorm3d) for b in m.modules())
+
+    assert n_bn(fast.inner) == n_bn(net) - fast.info["bn_folded"]
+    x = torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert float((fast(x) - net(x)).abs().max()) <= TOL
 
 
 @pytest.mark.parametrize("name", ["cevae", "gmvae", "rvvae"])
@@ -71,6 +86,43 @@ def test_pad_replicate_matches_f_pad_in_both_layouts():
             assert torch.equal(got, ref)
             assert got.is_contiguous(memory_format=torch.channels_last_3d) == \
                 (t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_and_pool_helpers_match_torch(channels_last):
+    x = torch.rand(2, 3, 4, 6, 8)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    up = upsample2_trilinear(x)
+    ref = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+    assert up.shape == ref.shape and float((up - ref).abs().max()) < 1e-6
+    pooled = avg_pool2(x)
+    assert float((pooled - F.avg_pool3d(x, 2)).abs().max()) < 1e-6
+    for t in (up, pooled):
+        assert t.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+
+
+def test_concurrent_calls_from_two_threads_stay_correct():
+    """The padded-input scratch buffer is per thread: one optimised net shared by two threads."""
+    torch.manual_seed(0)
+    net = build("unet", scale=0.125).eval()
+    fast = optimize_for_inference(net, CPU)
+    xs = [torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(10 + i)) for i in range(2)]
+    with torch.inference_mode():
+        refs = [net(x) for x in xs]
+    diffs = [0.0, 0.0]
+
+    def run(i):
+        with torch.inference_mode():
+            for _ in range(5):
+                diffs[i] = max(diffs[i], float((fast(xs[i]) - refs[i]).abs().max()))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(diffs) <= TOL
 
 
 class _Unpicklable(nn.Module):
