@@ -66,34 +66,11 @@ TOPHAT_RADIUS = 3       # voxels; gas pores of the simulator have r 1-4 voxels
 #: anomaly residuals tried on every unsupervised fold (``postprocess.anomaly_map``); the validation scan picks
 DEFAULT_RESIDUALS = {"smoke": ("abs", "dark"), "quick": ("abs", "dark"), "paper": ("abs", "dark")}
 
-#: Profile values the pipeline uses instead of ``porelab/config.py``'s (measured on a 2-core CPU; to be moved
-#: into config.py by its owner). ``extra`` keys: ``unsupervised_nets``, ``supervised_nets``, ``widths``,
-#: ``unsupervised_train`` / ``supervised_train`` (``TrainConfig`` overrides per study).
-PROFILE_OVERRIDES: dict[str, dict] = {
-    # quick: the whole job must fit ~30 min of a 2-core CPU; measured per training step (batch 4, 32³, one
-    # thread): vae 0.35 s, cevae 0.77 s, unet 1.1 s; scoring a 96×128×128 scan 10-30 s. The VAE needs ~40
-    # epochs of 32 patches per scan (held-out AP after post-processing 0.02 at 10 epochs, 0.60 at 40).
-    # UNet on the VAE's dark-residual pseudo-labels (12 epochs of 32 patches, gradient norm clipped at 1):
-    # unseen cylinders AP 0.84, cube 0.77; 8 epochs: 0.79 / 0.76; without clipping it collapsed.
-    "quick": {"folds": 2, "n_trials_unsupervised": 1, "n_trials_supervised": 1, "max_epochs": 10,
-              "patience": 4, "samples_per_volume": 16, "val_patches": 16, "lr": 2e-3,
-              "extra": {"unsupervised_nets": ("vae",), "supervised_nets": ("unet",), "widths": (1.0,),
-                        "unsupervised_train": {"max_epochs": 40, "samples_per_volume": 32, "patience": 10},
-                        "supervised_train": {"lr": 1e-3, "max_epochs": 12, "samples_per_volume": 32,
-                                             "patience": 8, "grad_clip": 1.0}}},
-}
-
-
 def pipeline_profile(profile) -> Profile:
-    """The profile as the pipeline runs it: a profile *name* gets ``porelab.config``'s values with
-    :data:`PROFILE_OVERRIDES`; a ``Profile`` object is used as given."""
-    if isinstance(profile, Profile):
-        return profile
-    prof = get_profile(profile)
-    changes = dict(PROFILE_OVERRIDES.get(prof.name, {}))
-    if "extra" in changes:
-        changes["extra"] = {**changes["extra"], **prof.extra}
-    return prof.replace(**changes) if changes else prof
+    """The profile as the pipeline runs it: a ``Profile`` as given, a name through ``porelab.config``."""
+    return profile if isinstance(profile, Profile) else get_profile(profile)
+
+
 METRIC_KEYS = ("ap", "auc", "dice")
 
 
@@ -310,8 +287,7 @@ def train_fold(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict,
     supervised = is_supervised(net_name)
     if supervised and labels is None:
         raise ConfigError(f"supervised net {net_name!r} needs training labels")
-    overrides = dict(ctx.profile.extra.get("supervised_train" if supervised else "unsupervised_train") or {})
-    config = TrainConfig.from_profile(ctx.profile, loss_params=dict(loss_params), **overrides)
+    config = TrainConfig.from_profile(ctx.profile, net=net_name, loss_params=dict(loss_params))
 
     def sample(s: Scan) -> Sample:
         return Sample(s.scan, labels[s.name].astype(np.uint8) if supervised else None, s.name)

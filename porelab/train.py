@@ -75,8 +75,10 @@ class TrainConfig:
     device: str | None = None
 
     @classmethod
-    def from_profile(cls, profile, **overrides) -> TrainConfig:
-        """Config from a ``porelab.config.Profile`` (or its name); ``overrides`` replace single fields."""
+    def from_profile(cls, profile, net: str | None = None, **overrides) -> TrainConfig:
+        """Config from a ``porelab.config.Profile`` (or its name). With ``net`` (a network name) the profile's
+        ``extra["supervised_train"]`` or ``extra["unsupervised_train"]`` fields apply for that kind of net;
+        ``overrides`` replace single fields last."""
         from porelab.config import Profile, get_profile
 
         if isinstance(profile, str):
@@ -88,6 +90,11 @@ class TrainConfig:
                   "samples_per_volume": profile.samples_per_volume, "queue_length": profile.queue_length,
                   "val_patches": profile.val_patches, "pore_ratio": profile.pore_ratio,
                   "augment": AugmentConfig.from_dict(profile.extra.get("augment"))}
+        if net is not None:
+            from porelab.nets import is_supervised
+
+            per_kind = profile.extra.get("supervised_train" if is_supervised(net) else "unsupervised_train")
+            overrides = {**dict(per_kind or {}), **overrides}
         names = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(overrides) - names)
         if bad:

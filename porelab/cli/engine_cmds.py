@@ -121,7 +121,7 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
     overrides = {"max_epochs": max_epochs} if max_epochs is not None else {}
     if max_epochs is not None and max_epochs < 1:
         raise ConfigError(f"--max-epochs must be >= 1, got {max_epochs}")
-    config = TrainConfig.from_profile(prof, **overrides)
+    config = TrainConfig.from_profile(prof, net=net_name, **overrides)
     scale = prof.net_scale if scale is None else scale
     if not scale > 0:
         raise ConfigError(f"--scale must be > 0, got {scale}")
