@@ -59,12 +59,13 @@ PROFILES: dict[str, Profile] = {
     # (batch 4, 32³, one thread): vae 0.35 s, cevae 0.77 s, unet 1.1 s; scoring a 96×128×128 scan 10-30 s.
     # The VAE at lr 2e-3 died (constant output, validation L1 0.269 from epoch 3 on, with or without gradient
     # clipping); at lr 1e-3 three seeds out of three learned: 15 epochs of 32 patches per scan gave held-out
-    # AP 0.70 / 0.70 / 0.61 (|x - x_hat|) and 0.78 / 0.76 / 0.75 (dark residual), post-processed. The UNet, trained on the VAE's pseudo-labels for 12 epochs of 32 patches with the gradient norm
-    # clipped at 1, reached AP 0.84 on unseen cylinders and 0.77 on the cube (8 epochs: 0.79 / 0.76; without
-    # clipping it collapsed to "no pore").
+    # AP 0.70 / 0.70 / 0.61 (|x - x_hat|) and 0.78 / 0.76 / 0.75 (dark residual), post-processed. The UNet,
+    # trained on the VAE's pseudo-labels for 12 epochs of 32 patches with the gradient norm clipped at 1,
+    # reached AP 0.84 on unseen cylinders and 0.77 on the cube (8 epochs: 0.79 / 0.76; without clipping it
+    # collapsed to "no pore").
     "quick": Profile(
         name="quick", sim_preset="quick", patch=32, net_scale=0.25, folds=2, max_epochs=10, patience=4,
-        min_delta=1e-4, lr=2e-3, batch_size=4, samples_per_volume=16, queue_length=128, val_patches=16,
+        min_delta=1e-4, lr=1e-3, batch_size=4, samples_per_volume=16, queue_length=128, val_patches=16,
         pore_ratio=0.5, n_trials_unsupervised=1, n_trials_supervised=1, grid_search=False,
         heuristic_comparison=True,
         extra={"unsupervised_nets": ("vae",), "supervised_nets": ("unet",), "widths": (1.0,),
