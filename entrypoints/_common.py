@@ -11,6 +11,11 @@ import os
 import sys
 from pathlib import Path
 
+# `mlflow run <checkout>` runs the porelab of that checkout, even when another one is installed
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
 
 def store_dir() -> Path:
     from porelab.tracking import store_dir as _store_dir

@@ -76,3 +76,19 @@ def test_mlflow_run_entry_point_writes_beside_the_store(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "simdata" / "manifest.json").is_file()
     assert not (ROOT / "simdata").exists()
+
+
+def test_entry_points_import_the_porelab_of_their_own_checkout(tmp_path):
+    """`mlflow run <checkout>` must run that checkout's code, not whichever porelab is installed."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(ROOT / "entrypoints", tmp_path / "entrypoints")
+    (tmp_path / "porelab").mkdir()
+    (tmp_path / "porelab" / "__init__.py").write_text("CHECKOUT = 'copy'\n")
+    probe = tmp_path / "entrypoints" / "probe.py"
+    probe.write_text("import _common  # noqa: F401\nimport porelab\nprint(porelab.__file__)\n")
+    out = subprocess.run([sys.executable, str(probe)], cwd=str(tmp_path.parent), capture_output=True,
+                         text=True, check=True, timeout=60).stdout.strip()
+    assert out == str(tmp_path / "porelab" / "__init__.py")
