@@ -1,29 +1,34 @@
 """Inference-only forward passes: the same function as the eager net, computed faster on the CPU.
 
 ``optimize_for_inference(net, device)`` returns a copy of a trained net (``eval`` mode) rewritten for
-inference; ``predict_volume`` and ``PoreModel.predict/reconstruct`` run it instead of the eager net. The
-output equals the eager forward within float32 rounding (checked on an example batch when one is given;
-any failure falls back to the eager net). What it does on the CPU, each measured with
-``benchmarks/inference.py`` (UNet, scale 0.25, 32³ patches, batch 4, one thread; ms per patch):
+inference; ``PoreModel.predict/reconstruct`` run it (through ``cached_inference_net``) as the patch function
+of ``porelab.patches.predict_volume``. The output equals the eager forward within float32 rounding (a few
+1e-7 on the nets' [0, 1] outputs; checked on an example patch before use: a larger difference or any
+exception falls back to the eager net with a ``RuntimeWarning``). Written here because neither TorchScript
+nor ``torch.compile`` gave a gain (below). What it does on the CPU, measured one thread, UNet scale 0.25,
+32³ patches, batch 4, ms per patch (eager ≈ 14-18 on this shared machine; each step cumulative):
 
-* ``channels_last_3d`` weights and activations: oneDNN runs the 3³ convolutions on the channels-last layout
-  without reordering every input and output (eager 15-16 → 10-11 ms per patch);
-* 1×1×1 convolutions as one matrix product over the channel axis (``F.linear`` on the channels-last view):
-  PyTorch sends them to ``slow_conv3d`` (im2col + a copy back to channels-last), which cost ≈ 15 % of the
-  channels-last forward;
-* upsample-then-1×1-conv (``porelab.nets.blocks.UpConv``, UNet 3+'s ``cheap=False`` paths) reordered to
-  1×1-conv-then-upsample: the two linear maps commute exactly (trilinear weights sum to 1, so the bias
-  commutes too); the conv then runs on 8× fewer voxels and the interpolation on half the channels;
-* eval-mode BatchNorm folded into the preceding convolution where a module applies ``conv`` then ``bn``
-  (ACC-UNet's ``ConvBNSE``).
+* ``channels_last_3d`` weights and activations: oneDNN runs the 3³ convolutions without reordering their
+  inputs and outputs (→ 9.4-10.4);
+* 1×1×1 convolutions as one ``F.linear`` over the channel axis of the channels-last view (PyTorch sends them
+  to ``slow_conv3d`` plus a layout copy); ``UpConv``'s upsample-then-1×1-conv reordered to
+  1×1-conv-then-upsample (the two linear maps commute exactly: trilinear weights sum to 1, so the bias
+  commutes too; UNet 3+ has this as its own ``cheap`` flag); replicate padding by slice copies
+  (``F.pad``'s channels-last kernel is 3-6× slower) (→ 9.1-9.9);
+* padded inputs in one reusable per-thread buffer (a fresh 5 MB tensor costs ≈ 2 ms of page faults), the
+  decoder's ``cat([up, skip])`` written straight into that padded buffer, a separable ×2 trilinear
+  upsampling and a 2×2×2 average pooling that keep the channels-last layout (PyTorch's are not vectorised
+  below 8 channels / return the default layout), in-place activations after convolutions (→ 7.8-8.1);
+* eval-mode BatchNorm folded into the preceding convolution (ACC-UNet; exact within 6e-8, no measurable
+  gain). At the paper's size (UNet scale 1, 64³ patches): 740-910 → 400-445 ms per patch.
 
-What did not help (measured, same setting): ``torch.jit.freeze`` (16 ms, as eager) and
-``torch.jit.optimize_for_inference`` (20 ms: it converts to blocked oneDNN tensors, which pad 4-channel
-maps to 8); ``torch.compile`` (inductor, gcc present) 10-13 ms per patch, i.e. no faster than the
-channels-last eager path, after 40-50 s of compilation, longer than a 128·256·256 scan takes; larger
-batches beyond 4 gain < 10 %.
+What did not help (same setting): ``torch.jit.freeze`` (16 ms, as eager), ``torch.jit.optimize_for_inference``
+(20 ms: blocked oneDNN tensors pad the 4-channel maps to 8), ``torch.compile`` (inductor; 13 ms, 10 ms with
+``freezing``, i.e. not faster than channels-last eager, after 40-50 s of compilation: longer than the whole
+128·256·256 benchmark scan takes); batches above 4 (8: −8 %, 16: −10 % at 32³; flat at 64³). Batch 1 is
+2-3× slower per patch than batch 2 in both eager and optimised forms.
 
-On CUDA none of these CPU tricks is applied (cuDNN chooses its own layouts); the net is returned as is.
+On CUDA none of these CPU tricks is applied (cuDNN chooses its own layouts): the net is returned as is.
 """
 
 from __future__ import annotations
@@ -307,9 +312,10 @@ def _fold_conv_bn(module: nn.Module) -> int:
     return n
 
 
-def rewrite_for_inference(net: nn.Module) -> dict:
-    """Rewrite ``net`` (in place, eval mode) with the equivalent faster modules; returns counts per rewrite."""
-    scratch = Scratch()          # shared by the net's padded inputs (each is dead once its conv has run)
+def rewrite_for_inference(net: nn.Module, scratch: Scratch | None = None) -> dict:
+    """Rewrite ``net`` (in place, eval mode) with the equivalent faster modules; returns counts per rewrite.
+    ``scratch`` (default: a new one) is shared by the net's padded inputs (each is dead once its conv ran)."""
+    scratch = Scratch() if scratch is None else scratch
     counts = {"upconv": 0, "cheap": 0, "pointwise": 0, "replicate_pad": 0, "bn_folded": 0, "inplace_act": 0,
               "encoder_pool": 0, "fused_cat_pad": 0}
     from porelab.nets.blocks import UNetEncoder, UpBlock, UpConv
@@ -347,13 +353,24 @@ def rewrite_for_inference(net: nn.Module) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 class InferenceNet(nn.Module):
     """An inference copy of a net: converts inputs to channels-last, delegates ``forward`` and
-    ``reconstruct`` (unsupervised nets) to the rewritten copy. ``info`` says what was applied."""
+    ``reconstruct`` (unsupervised nets) to the rewritten copy. ``info`` says what was applied.
 
-    def __init__(self, inner: nn.Module, channels_last: bool, info: dict):
+    Between calls it keeps the padded-input buffer of each thread that ran it (the largest padded input
+    of one batch, e.g. 5 MB for UNet scale 0.25 at 32³ × 4, 150 MB at scale 1, 64³ × 4: memory the eager
+    forward allocates anew in every call); ``release_buffers()`` frees it (the next call re-allocates).
+    """
+
+    def __init__(self, inner: nn.Module, channels_last: bool, info: dict, scratch: Scratch | None = None):
         super().__init__()
         self.inner = inner
         self.channels_last = channels_last
         self.info = info
+        self.scratch = scratch
+
+    def release_buffers(self) -> None:
+        """Drop the calling thread's padded-input buffer."""
+        if self.scratch is not None:
+            self.scratch.buf = None
 
     def _in(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 5:
@@ -374,6 +391,19 @@ class InferenceNet(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(super().__getattr__("inner"), name)
+
+
+def _weights_channels_last(net: nn.Module) -> None:
+    """Give every 5-D parameter/buffer of ``net`` a channels-last tensor of its own (a new ``Parameter``:
+    tensors shared with another net are never modified)."""
+    for m in net.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and p.dim() == 5 and not p.is_contiguous(memory_format=CL):
+                m._parameters[name] = nn.Parameter(p.detach().contiguous(memory_format=CL),
+                                                   requires_grad=p.requires_grad)
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.dim() == 5 and not b.is_contiguous(memory_format=CL):
+                m._buffers[name] = b.contiguous(memory_format=CL)
 
 
 def _first_tensor(y):
@@ -414,6 +444,9 @@ def optimize_for_inference(net: nn.Module, device=None, *, example: torch.Tensor
     method : "forward" or "reconstruct"
         Which call the check compares.
 
+    The copy shares the tensors of ``net`` that it does not rewrite (no second copy of large weights); after
+    changing the weights of ``net``, make a new copy (``cached_inference_net`` does so by itself).
+
     Returns
     -------
     nn.Module
@@ -429,15 +462,17 @@ def optimize_for_inference(net: nn.Module, device=None, *, example: torch.Tensor
     if device.type != "cpu" or not (channels_last or rewrite):
         return net
     info: dict = {"channels_last": channels_last, "rewrite": rewrite}
+    scratch = Scratch()
     try:
-        fast = copy.deepcopy(net).eval()
+        # the copy shares the original's weight tensors (no second copy of, e.g., GMVAE's 55 MB latent conv);
+        # only what is rewritten (BN folds, channels-last 5-D weights) gets new tensors
+        shared = {id(t): t for t in list(net.parameters()) + list(net.buffers())}
+        fast = copy.deepcopy(net, shared).eval()
         if rewrite:
-            info.update(rewrite_for_inference(fast))
+            info.update(rewrite_for_inference(fast, scratch))
         if channels_last:
-            fast = fast.to(memory_format=CL)
-        for p in fast.parameters():
-            p.requires_grad_(False)
-        wrapped = InferenceNet(fast, channels_last, info)
+            _weights_channels_last(fast)
+        wrapped = InferenceNet(fast, channels_last, info, scratch)
         if example is not None:
             x = example.to(device)
             with torch.inference_mode():
