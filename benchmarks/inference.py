@@ -7,33 +7,66 @@ its own subprocess so that peak memory (``resource.getrusage`` maxrss) is measur
 * ``torchio``: the scan is loaded into a ``ScalarImage`` (TorchIO needs the tensor), patches come from
   ``GridSampler`` through ``SubjectsLoader``, ``GridAggregator(overlap_mode="average")`` assembles them.
 
-Both use the same patch, half-patch overlap, batch size and torch thread count. Printed (``--json``)::
+Both use the same net weights, patch, half-patch overlap, batch size and torch thread count. The porelab
+path runs the net the way ``PoreModel.predict`` does: through ``porelab.infer_opt.optimize_for_inference``
+(an inference copy of the net, checked against the eager forward on one patch; its set-up time is inside
+the measured time); the TorchIO path runs the eager net as given (``--torchio-forward optimized`` gives it
+the same fast forward, ``--porelab-forward eager`` takes it away from porelab; ``--porelab-batch`` lets
+porelab use its own batch size while TorchIO keeps ``--batch-size``). A MONAI ``sliding_window_inference``
+column is added only when ``monai`` imports (it is not a porelab dependency); otherwise ``"monai": null``
+with ``"monai_reason"``. Printed (``--json``)::
 
-    {"porelab": {"voxels_per_s", "peak_rss_mb", "inference_rss_mb", "seconds"}, "torchio": {...},
-     "max_abs_diff": ..., "speedup": ..., "memory_ratio": ..., "config": {...}}
+    {"porelab": {"voxels_per_s", "peak_rss_mb", "inference_rss_mb", "seconds", "forward"}, "torchio": {...},
+     "monai": null | {...}, "max_abs_diff": ..., "speedup": ..., "memory_ratio": ..., "all_seconds": {...},
+     "config": {...}}
 
 ``peak_rss_mb`` is the process's maximum resident set; ``inference_rss_mb`` is that minus the resident set
 just before inference (after importing torch and building the net), i.e. what the inference itself adds.
+``speedup`` compares each path's fastest of ``--repeat`` runs; ``all_seconds`` lists every run.
 
-Measured (2026-11-25, shared 2-core CPU, 1 torch thread, batch 4, patch 32, half overlap, --repeat 2):
+Measured 2026-11-25 on this shared 2-core CPU (another engineer's 1-thread training on the other core),
+1 torch thread, batch 4, patch 32, half overlap, ``--repeat 2``; the first two rows and gmvae were run as
+two invocations (4 runs per path), the others as one (2 runs per path); ranges are over the invocations
+(speed-up, memory) and over every run (seconds); porelab/TorchIO:
 
-=====================  =========  ========  ===========  ==============
-shape, net             speed-up   max diff  peak RSS MB  added by infer
-=====================  =========  ========  ===========  ==============
-128·256·256 unet 0.25  1.16-1.34× 1.2e-7    322/509      98/285
-128·512·512 unet 0.25  1.09×      1.2e-7    414/884      190/660
-128·256·256 unet 0.125 1.22×      1.8e-7    307/498      83/274
-256·512·512 identity   2.7-3.3×   0         364/1376     143/1156
-=====================  =========  ========  ===========  ==============
+===================================  ==========  ==========  ===========  ========  ===============  ==============
+shape, net, variant                  speed-up    porelab s   TorchIO s    max diff  peak RSS MB      added MB
+===================================  ==========  ==========  ===========  ========  ===============  ==============
+128·256·256 unet 0.25                2.05-2.21×  14.6-15.1   29.8-38.8    1.2e-7    321-354/504-507  97-130/280-283
+128·512·512 unet 0.25                2.08-2.15×  57.7-66.1   124.1-132.4  1.5e-7    423-428/893-899  198-204/669-675
+128·256·256 unet 0.25, porelab b 8   2.30×       13.9-15.3   31.8-32.6    1.2e-7    338/505          114/281
+128·256·256 unet 0.25, glibc tuned   1.69×       14.7-15.3   25.0-27.2    1.2e-7    336/523          112/298
+128·256·256 unet 0.25, both fast     1.05×       13.9-14.9   14.7-16.0    1.2e-7    321/513          97/289
+128·256·256 unet 0.25, both eager    1.31×       22.7-23.2   29.8-30.2    1.2e-7    334/512          110/288
+128·256·256 unet 0.125               1.62×       10.9-11.4   17.6-18.4    1.8e-7    298/500          74/275
+64·256·256 gmvae 0.25                1.43-1.49×  28.0-32.8   40.0-42.4    1.8e-7    483-491/509-533  203-212/229-253
+128·256·256 vae 0.25                 1.15×       5.4-5.4     6.2-6.5      9.5e-7    299/499          73/272
+256·512·512 identity (no net)        3.19×       2.5-2.8     8.0-8.3      0         362/1376         141/1156
+===================================  ==========  ==========  ===========  ========  ===============  ==============
 
-(porelab/TorchIO.) The patch pipeline itself is 2-4× faster and adds a fixed few slabs of memory instead of
-≈ 4 float copies of the volume; with a real net both paths run the identical forward passes over the
-identical grid, so the end-to-end speed-up is bounded by the net's share of the time (≈ 85-90 % here).
-About 220 MB of every peak is the Python + torch baseline.
+Memory ratio (peak RSS porelab/TorchIO): 0.47-0.48 at 128·512·512, 0.63-0.70 at 128·256·256, where ≈ 220 MB
+of each peak is the Python + torch baseline (what the inference adds: 0.29-0.30 and 0.34-0.46).
+
+Where the speed comes from: the forward passes are ≈ 98 % of porelab's time (the whole patch pipeline takes
+0.26 s of the 15 s at 128·256·256; identity row: 3× faster than TorchIO's), so the gain is the forward's.
+"both eager" (the same eager net in both paths, the previous state) gives 1.31×; "both fast" (TorchIO also
+given porelab's optimised forward) 1.05×, i.e. the pipeline alone. The optimised forward (channels-last,
+1×1 convs as GEMM, conv-then-upsample, buffer reuse; see ``porelab/infer_opt.py``) takes UNet 0.25 from
+≈ 14-18 to ≈ 8 ms per patch. "glibc tuned" sets ``MALLOC_MMAP_THRESHOLD_=33554432
+MALLOC_TRIM_THRESHOLD_=1073741824`` for both processes: this removes page-fault costs that the eager
+forward pays on every fresh activation (TorchIO 30 → 25-27 s) and that porelab's forward mostly avoids
+already, so the ratio drops to 1.69×, still above 1.5×. Batch 8 for porelab alone is within the noise of
+batch 4 (the engine keeps 4). VAE (0.25): its forward (≈ 2.8 ms per patch, strided encoder and dense
+latent) gains nothing from these rewrites, so only the pipeline's share (≈ 15 %) remains: 1.15×. GMVAE has
+the UNet-like full-resolution convolutions and reaches 1.43-1.49×; its 55 MB of conv weights are copied
+into channels-last, which with the small scan keeps its memory ratio near 1. A prefetch thread that
+overlaps patch extraction with the forward was not built: it could hide at most the pipeline's ≈ 2 % and
+would need a second core that TorchIO does not get. The MONAI column was not measured (not installed).
 
 Example::
 
-    OMP_NUM_THREADS=2 python benchmarks/inference.py --shape 128 256 256 --net unet --scale 0.25 --patch 32 --json
+    OMP_NUM_THREADS=1 python benchmarks/inference.py --shape 128 256 256 --net unet --scale 0.25 --patch 32 \
+        --threads 1 --repeat 2 --json
 """
 
 from __future__ import annotations
