@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -11,8 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from porelab.infer_opt import (
+    BlockConvTranspose3d,
     InferenceNet,
     PointwiseConv3d,
+    SingleChannelConv3d,
     avg_pool2,
     cached_inference_net,
     example_input,
@@ -100,6 +103,28 @@ def test_upsample_and_pool_helpers_match_torch(channels_last):
     assert float((pooled - F.avg_pool3d(x, 2)).abs().max()) < 1e-6
     for t in (up, pooled):
         assert t.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_block_transpose_and_single_channel_convs_match_torch(channels_last):
+    torch.manual_seed(0)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    for cin, cout, bias in [(6, 1, True), (5, 3, False), (4, 8, True)]:
+        ref = nn.ConvTranspose3d(cin, cout, 2, stride=2, bias=bias)
+        fast = copy.deepcopy(ref)
+        assert BlockConvTranspose3d.applies_to(fast)
+        BlockConvTranspose3d.convert(fast)
+        x = torch.rand(2, cin, 3, 4, 5).contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            assert float((fast(x) - ref(x)).abs().max()) < 1e-6
+    assert not BlockConvTranspose3d.applies_to(nn.ConvTranspose3d(4, 4, 4, stride=2, padding=1))
+    for mode in ("zeros", "replicate"):
+        ref = nn.Conv3d(1, 1, 3, padding=1, padding_mode=mode)
+        fast = SingleChannelConv3d.convert(copy.deepcopy(ref))
+        x = torch.rand(2, 1, 5, 6, 7).contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            assert float((fast(x) - ref(x)).abs().max()) < 1e-6
+    assert not SingleChannelConv3d.applies_to(nn.Conv3d(1, 1, 3, padding=0))
 
 
 def test_concurrent_calls_from_two_threads_stay_correct():
