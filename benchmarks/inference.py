@@ -24,28 +24,35 @@ with ``"monai_reason"``. Printed (``--json``)::
 just before inference (after importing torch and building the net), i.e. what the inference itself adds.
 ``speedup`` compares each path's fastest of ``--repeat`` runs; ``all_seconds`` lists every run.
 
-Measured 2026-11-25 on this shared 2-core CPU (another engineer's 1-thread training on the other core),
-1 torch thread, batch 4, patch 32, half overlap, ``--repeat 2``; the first two rows and gmvae were run as
-two invocations (4 runs per path), the others as one (2 runs per path); ranges are over the invocations
-(speed-up, memory) and over every run (seconds); porelab/TorchIO:
+Measured 2026-11-25 on this shared 2-core CPU, 1 torch thread, batch 4, patch 32, half overlap,
+``--repeat 2`` (each path run twice per invocation); porelab/TorchIO. Rows marked * were measured with
+the final code while two other engineers' training processes shared the 2 cores (both paths ≈ 1.3-1.6×
+slower, ratios still comparable); the others earlier with one other process, before the in-place slab
+reading and the VAE rewrites (``BlockConvTranspose3d``, ``SingleChannelConv3d``), which change neither the
+UNet's forward nor the speed of its pipeline but lower porelab's memory. Ranges: over invocations
+(speed-up, memory) and over every run (seconds).
 
-===================================  ==========  ==========  ===========  ========  ===============  ==============
-shape, net, variant                  speed-up    porelab s   TorchIO s    max diff  peak RSS MB      added MB
-===================================  ==========  ==========  ===========  ========  ===============  ==============
-128·256·256 unet 0.25                2.05-2.21×  14.6-15.1   29.8-38.8    1.2e-7    321-354/504-507  97-130/280-283
-128·512·512 unet 0.25                2.08-2.15×  57.7-66.1   124.1-132.4  1.5e-7    423-428/893-899  198-204/669-675
-128·256·256 unet 0.25, porelab b 8   2.30×       13.9-15.3   31.8-32.6    1.2e-7    338/505          114/281
-128·256·256 unet 0.25, glibc tuned   1.69×       14.7-15.3   25.0-27.2    1.2e-7    336/523          112/298
-128·256·256 unet 0.25, both fast     1.05×       13.9-14.9   14.7-16.0    1.2e-7    321/513          97/289
-128·256·256 unet 0.25, both eager    1.31×       22.7-23.2   29.8-30.2    1.2e-7    334/512          110/288
-128·256·256 unet 0.125               1.62×       10.9-11.4   17.6-18.4    1.8e-7    298/500          74/275
-64·256·256 gmvae 0.25                1.43-1.49×  28.0-32.8   40.0-42.4    1.8e-7    483-491/509-533  203-212/229-253
-128·256·256 vae 0.25                 1.15×       5.4-5.4     6.2-6.5      9.5e-7    299/499          73/272
-256·512·512 identity (no net)        3.19×       2.5-2.8     8.0-8.3      0         362/1376         141/1156
-===================================  ==========  ==========  ===========  ========  ===============  ==============
+=====================================  ==========  ==========  ===========  ========  ===============  ==============
+shape, net, variant                    speed-up    porelab s   TorchIO s    max diff  peak RSS MB      added MB
+=====================================  ==========  ==========  ===========  ========  ===============  ==============
+128·256·256 unet 0.25 (3 invocations)  1.87-2.21×  14.6-20.1   29.8-38.8    1.2e-7    321-359/504-507  97-135/280-283
+128·256·256 unet 0.25 *                2.12×       20.5-23.5   43.4-44.9    1.2e-7    306/503          82/279
+128·512·512 unet 0.25 (2 invocations)  2.08-2.15×  57.7-66.1   124.1-132.4  1.5e-7    423-428/893-899  198-204/669-675
+128·512·512 unet 0.25 *                2.42×       71.3-91.6   172.6-185.4  1.5e-7    359/888          135/664
+128·256·256 unet 0.25, porelab b 8     2.30×       13.9-15.3   31.8-32.6    1.2e-7    338/505          114/281
+128·256·256 unet 0.25, glibc tuned     1.69×       14.7-15.3   25.0-27.2    1.2e-7    336/523          112/298
+128·256·256 unet 0.25, both fast       1.05×       13.9-14.9   14.7-16.0    1.2e-7    321/513          97/289
+128·256·256 unet 0.25, both eager      1.31×       22.7-23.2   29.8-30.2    1.2e-7    334/512          110/288
+128·256·256 unet 0.125                 1.62×       10.9-11.4   17.6-18.4    1.8e-7    298/500          74/275
+64·256·256 gmvae 0.25 (2 invocations)  1.43-1.49×  28.0-32.8   40.0-42.4    1.8e-7    483-491/509-533  203-212/229-253
+128·256·256 vae 0.25                   1.15×       5.4-5.4     6.2-6.5      9.5e-7    299/499          73/272
+128·256·256 vae 0.25 *                 1.55×       6.5-6.5     10.0-10.8    9.5e-7    271/500          45/274
+256·512·512 identity (no net)          3.19×       2.5-2.8     8.0-8.3      0         362/1376         141/1156
+=====================================  ==========  ==========  ===========  ========  ===============  ==============
 
-Memory ratio (peak RSS porelab/TorchIO): 0.47-0.48 at 128·512·512, 0.63-0.70 at 128·256·256, where ≈ 220 MB
-of each peak is the Python + torch baseline (what the inference adds: 0.29-0.30 and 0.34-0.46).
+Memory ratio (peak RSS porelab/TorchIO): 0.40 at 128·512·512 with the final code (0.47-0.50 before the
+in-place slab reading), 0.61 at 128·256·256 (0.63-0.71 before), where ≈ 220 MB of each peak is the
+Python + torch baseline (what the inference itself adds: 0.20 and 0.29 of TorchIO's).
 
 Where the speed comes from: the forward passes are ≈ 98 % of porelab's time (the whole patch pipeline takes
 0.26 s of the 15 s at 128·256·256; identity row: 3× faster than TorchIO's), so the gain is the forward's.
@@ -56,12 +63,13 @@ given porelab's optimised forward) 1.05×, i.e. the pipeline alone. The optimise
 MALLOC_TRIM_THRESHOLD_=1073741824`` for both processes: this removes page-fault costs that the eager
 forward pays on every fresh activation (TorchIO 30 → 25-27 s) and that porelab's forward mostly avoids
 already, so the ratio drops to 1.69×, still above 1.5×. Batch 8 for porelab alone is within the noise of
-batch 4 (the engine keeps 4). VAE (0.25): its forward (≈ 2.8 ms per patch, strided encoder and dense
-latent) gains nothing from these rewrites, so only the pipeline's share (≈ 15 %) remains: 1.15×. GMVAE has
-the UNet-like full-resolution convolutions and reaches 1.43-1.49×; its 55 MB of conv weights are copied
-into channels-last, which with the small scan keeps its memory ratio near 1. A prefetch thread that
-overlaps patch extraction with the forward was not built: it could hide at most the pipeline's ≈ 2 % and
-would need a second core that TorchIO does not get. The MONAI column was not measured (not installed).
+batch 4 (the engine keeps 4). VAE 0.25: its forward is cheap (≈ 2.8 ms per patch); channels-last does not
+help it, the transposed-conv GEMM and single-channel conv rewrites do (1.15× → 1.55×, the latter under
+heavier load). GMVAE has UNet-like full-resolution convolutions (1.43-1.49×, before the VAE rewrites); its
+55 MB of conv weights are copied into channels-last, which with the small scan keeps its memory ratio near
+1. A prefetch thread that overlaps patch extraction with the forward was not built: it could hide at most
+the pipeline's ≈ 2 % and would need a second core that TorchIO does not get. The MONAI column was not
+measured (monai is not installed).
 
 Example::
 

@@ -20,7 +20,10 @@ nor ``torch.compile`` gave a gain (below). What it does on the CPU, measured one
   upsampling and a 2×2×2 average pooling that keep the channels-last layout (PyTorch's are not vectorised
   below 8 channels / return the default layout), in-place activations after convolutions (→ 7.8-8.1);
 * eval-mode BatchNorm folded into the preceding convolution (ACC-UNet; exact within 6e-8, no measurable
-  gain). At the paper's size (UNet scale 1, 64³ patches): 740-910 → 400-445 ms per patch.
+  gain). At the paper's size (UNet scale 1, 64³ patches): 740-910 → 400-445 ms per patch;
+* VAE decoders: kernel = stride transposed convolutions as one GEMM plus a block reshuffle, 1 → 1 channel
+  3³ convolutions as 27 shifted multiply-adds (oneDNN is slow for both; see the two classes). VAE 0.25
+  whole-scan benchmark: 1.15× → 1.55× TorchIO.
 
 What did not help (same setting): ``torch.jit.freeze`` (16 ms, as eager), ``torch.jit.optimize_for_inference``
 (20 ms: blocked oneDNN tensors pad the 4-channel maps to 8), ``torch.compile`` (inductor; 13 ms, 10 ms with
@@ -113,8 +116,8 @@ class BlockConvTranspose3d(nn.ConvTranspose3d):
     """A ``ConvTranspose3d`` whose kernel equals its stride (no overlap: every input voxel writes its own
     k³ block) computed as one GEMM ``(voxels, C_in) × (C_in, C_out·k³)`` and a reshuffle into blocks. The
     same sums as PyTorch's kernel; measured (4, 8, 16³) → 1 channel, one thread: 0.7 ms vs 6.4 ms
-    (``slow_conv_transpose3d``). Used for outputs of ≤ 4 channels or channels-last inputs (elsewhere equal
-    speed, measured)."""
+    (``slow_conv_transpose3d``). Used for outputs of ≤ 4 channels only: with many channels PyTorch's kernel
+    is as fast or faster (measured GMVAE 0.25, C → C transposed convs: 44-45 vs 50-56 ms per patch)."""
 
     @staticmethod
     def applies_to(m: nn.Module) -> bool:
@@ -129,7 +132,7 @@ class BlockConvTranspose3d(nn.ConvTranspose3d):
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         cl = _is_channels_last(x)
-        if output_size is not None or x.dim() != 5 or not (cl or self.out_channels <= 4):
+        if output_size is not None or x.dim() != 5 or self.out_channels > 4:
             return super().forward(x, output_size)
         b, c, d, h, w = x.shape
         kd, kh, kw = self.kernel_size
