@@ -4,7 +4,7 @@ The UNet family of Iuso et al. (2024) (UNet, MSS-UNet, UNet++, UNet 3+) is built
 that the architectures differ only in how they connect them (paper §3.2):
 
 * :class:`DoubleConv`: conv 3³ → LeakyReLU → conv 3³ → LeakyReLU → Dropout3d, replicate padding, with bias,
-  Kaiming-normal initialisation, no normalisation.
+  Kaiming-normal initialisation, no normalisation layer (ACC-UNet, built on its own blocks, uses BatchNorm).
 * downsampling by average pooling (:func:`down`), upsampling by trilinear ×2 interpolation followed by a
   1×1×1 convolution (:class:`UpConv`).
 * :class:`SideHead`: a deep-supervision exit conv 3³ C→1 → LeakyReLU → conv 3³ 1→1 → sigmoid.
