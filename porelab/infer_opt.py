@@ -560,15 +560,45 @@ def optimize_for_inference(net: nn.Module, device=None, *, example: torch.Tensor
         if example is not None:
             x = example.to(device)
             with torch.inference_mode():
-                ref = getattr(net, method)(x)
-                got = getattr(wrapped, method)(x)
+                ref = _first_tensor(getattr(net, method)(x)).float().clone()
+                malloc_trim()      # the eager forward's freed activations: not kept under the next forward
+                got = _first_tensor(getattr(wrapped, method)(x)).float().clone()
             diff = _max_diff(ref, got)
+            del ref, got
+            malloc_trim()
             info["check_max_abs_diff"] = diff
             if not diff <= atol:
                 return _fallback(net, f"optimised forward differs from the eager one by {diff:.3g} > {atol:g}")
     except Exception as exc:  # noqa: BLE001 - any failure of an optional speed-up means: use the eager net
         return _fallback(net, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
     return wrapped
+
+
+def malloc_trim() -> bool:
+    """Give the C heap's free memory back to the system (glibc ``malloc_trim(0)``); False where unavailable.
+
+    Freed activations stay in glibc's heap (PyTorch's CPU allocator does not cache, but glibc raises its
+    ``mmap`` threshold after the first large ``free``, so later blocks of that size come from the heap and are
+    not returned). Measured, UNet scale 0.25, one 32³ patch: the equality check's eager + optimised forwards
+    leave RSS 267-298 MB, 233 MB after a trim (Python + torch baseline 223 MB); the trim takes < 1 ms.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if not _LIBC:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
+
+
+_LIBC = None
 
 
 def _fallback(net: nn.Module, reason: str) -> nn.Module:
@@ -627,6 +657,7 @@ __all__ = [
     "avg_pool2",
     "cached_inference_net",
     "example_input",
+    "malloc_trim",
     "optimize_for_inference",
     "pad_replicate",
     "rewrite_for_inference",

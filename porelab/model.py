@@ -168,6 +168,8 @@ class PoreModel:
                 if hasattr(net, "reconstruct"):
                     return net.reconstruct(xn)
                 return net(xn)["recon"]
+        # predict_volume frees the inference copy's padded-input buffer after each scan (re-made on next use)
+        fn.release_buffers = getattr(net, "release_buffers", lambda: None)
         return fn
 
     def predict(self, scan: np.ndarray, progress: bool = False, *, out: np.ndarray | None = None,

@@ -228,3 +228,39 @@ def test_pore_model_predict_equals_eager_grid_inference(rng):
     from porelab.infer_opt import _CACHE
 
     assert isinstance(_CACHE[eager][1], InferenceNet)
+
+
+def test_released_buffers_are_rebuilt_on_next_use():
+    from porelab.infer_opt import malloc_trim
+
+    torch.manual_seed(0)
+    net = build("unet", scale=0.125).eval()
+    fast = optimize_for_inference(net, CPU, example=example_input(16))
+    assert isinstance(fast, InferenceNet)
+    x = example_input(16, batch=2)
+    with torch.inference_mode():
+        ref = net(x)
+        a = fast(x)
+        assert fast.scratch.buf is not None          # the padded-input buffer is kept between calls
+        fast.release_buffers()
+        assert fast.scratch.buf is None
+        assert isinstance(malloc_trim(), bool)
+        b = fast(x)                                  # re-allocated, same result
+        assert fast.scratch.buf is not None
+    assert float((a - ref).abs().max()) <= TOL and torch.equal(a, b)
+
+
+def test_pore_model_predict_frees_the_buffers_after_each_scan(rng):
+    from porelab.infer_opt import _CACHE
+    from porelab.model import PoreModel
+    from porelab.normalise import Normalisation
+
+    torch.manual_seed(0)
+    net = build("unet", scale=0.125)
+    scan = (rng.random((24, 40, 36)) * 1000).astype(np.float32)
+    model = PoreModel.from_trained(net, "unet", Normalisation.fit(scan), net_kwargs={"scale": 0.125}, patch=16)
+    first = model.predict(scan, device=CPU)
+    fast = _CACHE[model.net(CPU)][1]
+    assert isinstance(fast, InferenceNet) and fast.scratch.buf is None
+    second = model.predict(scan, device=CPU)
+    assert fast.scratch.buf is None and np.array_equal(first, second)
