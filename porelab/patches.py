@@ -239,9 +239,10 @@ def _weight_sum(size: int, starts: list[int], w: np.ndarray) -> np.ndarray:
     return acc[:size].astype(np.float32)
 
 
-def _mmap_release(arr, z0: int, z1: int) -> None:
-    """Drop the resident pages of rows [z0, z1) of a C-contiguous np.memmap (file-backed, so nothing is lost):
-    the page cache keeps them, but they stop counting towards this process's memory."""
+def _mmap_release(arr, z0: int, z1: int, y0: int | None = None, y1: int | None = None) -> None:
+    """Drop the resident pages of rows [z0, z1) (and, when given, only of y rows [y0, y1) of each of them) of a
+    C-contiguous np.memmap (file-backed, so nothing is lost): the page cache keeps them, but they stop
+    counting towards this process's memory. Writable maps are flushed first; only whole pages are dropped."""
     mm = getattr(arr, "_mmap", None)
     if mm is None or not isinstance(arr, np.memmap) or not arr.flags.c_contiguous or z1 <= z0:
         return
@@ -249,16 +250,22 @@ def _mmap_release(arr, z0: int, z1: int) -> None:
         return
     try:
         base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
-        row = arr.strides[0]
-        start = arr.ctypes.data - base + z0 * row
-        length = (z1 - z0) * row
+        off = arr.ctypes.data - base
+        if y0 is None:
+            ranges = [(off + z0 * arr.strides[0], (z1 - z0) * arr.strides[0])]
+        else:
+            if y1 <= y0 or arr.ndim < 2:
+                return
+            ranges = [(off + z * arr.strides[0] + y0 * arr.strides[1], (y1 - y0) * arr.strides[1])
+                      for z in range(z0, z1)]
         page = mmap.PAGESIZE
-        a = -(-start // page) * page        # only whole pages inside the range
-        b = (start + length) // page * page
-        if b > a:
-            if getattr(arr, "mode", "r") in ("r+", "w+"):
-                mm.flush(a, b - a)
-            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+        for start, length in ranges:
+            a = -(-start // page) * page        # only whole pages inside the range
+            b = (start + length) // page * page
+            if b > a:
+                if getattr(arr, "mode", "r") in ("r+", "w+"):
+                    mm.flush(a, b - a)
+                mm.madvise(mmap.MADV_DONTNEED, a, b - a)
     except (ValueError, OSError, AttributeError, TypeError):  # pragma: no cover - best effort only
         pass
 
@@ -398,7 +405,10 @@ def predict_volume(fn: Callable, volume: np.ndarray, *, patch: int | Sequence[in
                     slab = np.pad(slab, [(0, pz - slab.shape[0]), (0, Yp - slab.shape[1]),
                                          (0, Xp - slab.shape[2])], mode="edge")
             # else: float32 rows are read in place (no slab copy; peak RSS at 128·512·512 measured 423-428 →
-            # 359 MB) and their file pages released once the slab's patches are copied
+            # 359 MB) and their file pages released band by band: once no later patch of this slab starts
+            # above row y, rows < y are dropped (the next slab re-reads them from the page cache)
+            in_place = slab.base is not None and isinstance(volume, np.memmap)
+            y_done = 0
             for b0, b1 in batches:
                 chunk = yx[b0:b1]
                 n = len(chunk)
@@ -428,6 +438,9 @@ def predict_volume(fn: Callable, volume: np.ndarray, *, patch: int | Sequence[in
                 # in its heap between batches (measured steady RSS before each forward 267 → 289 MB without;
                 # peak 282-283 vs 285-289 MB at 128·256·256, UNet 0.25), all counted in the peak
                 malloc_trim()
+                if in_place and b1 < len(yx) and yx[b1][0] > y_done:
+                    _mmap_release(volume, zs, zs + pz, y_done, yx[b1][0])
+                    y_done = yx[b1][0]
             del slab
             _mmap_release(volume, zs, zs + pz)       # its file pages stay in the page cache, not in our RSS
         flush(z0, shape[0], z0)
