@@ -36,7 +36,8 @@ class Profile:
     n_trials_supervised: int
     grid_search: bool          # supervised study uses the paper's FTL grid (GridSampler) instead of TPE
     heuristic_comparison: bool  # also train supervised nets on Algorithm 1 labels (paper's Table 7 comparison)
-    #: free options; the pipeline reads ``unsupervised_nets``, ``supervised_nets``, ``widths``, ``residuals``;
+    #: free options; the pipeline reads ``unsupervised_nets``, ``supervised_nets``, ``widths``, ``residuals``,
+    #: ``supervised_net_kwargs`` (extra constructor arguments of the supervised nets, e.g. ``dropout``);
     #: ``unsupervised_train`` / ``supervised_train`` are ``TrainConfig`` fields for that kind of net
     #: (``TrainConfig.from_profile(profile, net=name)``)
     extra: dict = field(default_factory=dict)

@@ -471,7 +471,8 @@ def supervised_space(trial, ctx: Context) -> tuple[str, dict, dict]:
         alpha = trial.suggest_float("alpha", 0.1, 0.9)
         beta = trial.suggest_float("beta", 0.1, 0.9)
         gamma = trial.suggest_float("gamma", 1 / 3, 2.0)
-    return name, {"scale": float(ctx.profile.net_scale)}, {"alpha": alpha, "beta": beta, "gamma": gamma}
+    kwargs = {"scale": float(ctx.profile.net_scale), **dict(ctx.profile.extra.get("supervised_net_kwargs") or {})}
+    return name, kwargs, {"alpha": alpha, "beta": beta, "gamma": gamma}
 
 
 def make_study(name: str, storage, *, seed: int, grid: dict | None = None):

@@ -209,3 +209,20 @@ def test_unsupervised_scores_match_predict(smoke_dataset):
         assert not np.allclose(a, a_pp)
     assert (scores["dark"][0] <= scores["abs"][0] + 1e-6).all()
     assert list(search.unsupervised_scores(model, raw)) == ["abs"]          # default: the model's own
+
+
+def test_supervised_space_takes_net_kwargs_from_the_profile(smoke_dataset, tmp_path):
+    import optuna
+    import torch
+
+    from porelab.nets import build
+
+    ctx = search.make_context("smoke", smoke_dataset.root, 0, workdir=tmp_path)
+    trial = optuna.create_study().ask()
+    name, kwargs, loss = search.supervised_space(trial, ctx)
+    assert kwargs == {"scale": ctx.profile.net_scale} and set(loss) == {"alpha", "beta", "gamma"}
+    ctx.profile = ctx.profile.replace(extra={**ctx.profile.extra, "supervised_net_kwargs": {"dropout": 0.0}})
+    name, kwargs, _ = search.supervised_space(optuna.create_study().ask(), ctx)
+    assert kwargs["dropout"] == 0.0
+    net = build(name, **kwargs)
+    assert not any(isinstance(m, torch.nn.Dropout3d) for m in net.modules())
