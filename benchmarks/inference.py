@@ -35,9 +35,11 @@ UNet's forward nor the speed of its pipeline but lower porelab's memory. Ranges:
 =====================================  ==========  ==========  ===========  ========  ===============  ==============
 shape, net, variant                    speed-up    porelab s   TorchIO s    max diff  peak RSS MB      added MB
 =====================================  ==========  ==========  ===========  ========  ===============  ==============
+128·256·256 unet 0.25 **               1.80-1.95×  22.3-26.0   41.5-46.3    1.2e-7    289/512-513      65/288-289
 128·256·256 unet 0.25 (3 invocations)  1.87-2.21×  14.6-20.1   29.8-38.8    1.2e-7    321-359/504-507  97-135/280-283
 128·256·256 unet 0.25 *                2.12×       20.5-23.5   43.4-44.9    1.2e-7    306/503          82/279
 128·512·512 unet 0.25 (2 invocations)  2.08-2.15×  57.7-66.1   124.1-132.4  1.5e-7    423-428/893-899  198-204/669-675
+128·512·512 unet 0.25 **               1.74×       99.2        173.0        1.5e-7    336/882          111/658
 128·512·512 unet 0.25 *                2.42×       71.3-91.6   172.6-185.4  1.5e-7    359/888          135/664
 128·256·256 unet 0.25, porelab b 8     2.30×       13.9-15.3   31.8-32.6    1.2e-7    338/505          114/281
 128·256·256 unet 0.25, glibc tuned     1.69×       14.7-15.3   25.0-27.2    1.2e-7    336/523          112/298
@@ -51,9 +53,34 @@ shape, net, variant                    speed-up    porelab s   TorchIO s    max 
 256·512·512 identity (no net)          3.19×       2.5-2.8     8.0-8.3      0         362/1376         141/1156
 =====================================  ==========  ==========  ===========  ========  ===============  ==============
 
-Memory ratio (peak RSS porelab/TorchIO): 0.40 at 128·512·512 with the final code (0.47-0.50 before the
-in-place slab reading), 0.61 at 128·256·256 (0.63-0.71 before), where ≈ 220 MB of each peak is the
-Python + torch baseline (what the inference itself adds: 0.20 and 0.29 of TorchIO's).
+Rows marked ** (2026-11-25 13:19-13:30, one other engineer's 1-thread job on the machine) are the current
+code: full-shape tail batches, ``malloc_trim`` after the inference copy's equality check and once per slab,
+the input memmap released band by band. Same machine state just before these changes (one invocation):
+porelab 305.6 MB / TorchIO 505.3 MB = 0.605 (added 81.5 MB), speed-up 2.65×.
+
+Memory ratio (peak RSS porelab/TorchIO): 0.564 at 128·256·256 (2 invocations; 0.61-0.71 before), 0.38 at
+128·512·512 (0.40 before). The goal 0.5 is not reachable at 128·256·256 while both paths are measured as here: ≈ 224 MB of
+each peak is the Python + torch + net baseline, so 0.5 × 512 MB leaves porelab 32 MB, and the net's
+forward alone needs more. Measured breakdown (``/proc/self/status`` sampled every 2 ms, ``/proc/self/smaps``
+per mapping, per-forward ``VmHWM`` reset through ``/proc/self/clear_refs``; UNet 0.25, 32³, batch 4):
+
+* the optimised forward alone, batch 4, in a fresh process with no scan, no memmap and no check: peak
+  255-258 MB (+32-34 MB; +14 MB of it libtorch code pages of the kernels, +8 MB heap, the rest transient);
+* the equality check of ``optimize_for_inference`` (eager net on one 32³ patch, then the copy): peak
+  268-288 MB; one eager ``Conv3d`` alone adds a 27 MB transient (its im2col buffer). Before: the freed eager
+  activations stayed in glibc's heap under the copy's forward (297.8 MB peak, 267 MB left); now a
+  ``malloc_trim`` between and after the two forwards leaves 234 MB;
+* streaming, steady state before each forward: 261-267 MB = 234 + accumulator slab 8 + padded-input buffer 5
+  + more kernel code pages ≈ 7 + input scan pages 3-4 (8 before the band release) + output pages < 1; each
+  forward adds 13-15 MB transient: peak 276-289 MB (glibc keeps up to ≈ 20 MB of freed activations between
+  the per-slab trims; trimming after every batch gave 282 MB but cost 40 % of the time);
+* before: the last batch of each slab had one patch (225 = 56 × 4 + 1), and a batch of one makes oneDNN
+  take an algorithm with +36 MB transient (peak 304 MB); batches are now always full (the tail is filled up
+  with the previous patches, outputs dropped; < 1.5 % more forward work).
+
+What would still lower it: an equality check on a smaller example than the patch (the eager check is now
+the second-highest point), and a forward with a smaller transient (e.g. split the decoder's concatenated
+convolution); neither was done.
 
 Where the speed comes from: the forward passes are ≈ 98 % of porelab's time (the whole patch pipeline takes
 0.26 s of the 15 s at 128·256·256; identity row: 3× faster than TorchIO's), so the gain is the forward's.
