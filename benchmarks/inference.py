@@ -58,10 +58,10 @@ code: full-shape tail batches, ``malloc_trim`` after the inference copy's equali
 the input memmap released band by band. Same machine state just before these changes (one invocation):
 porelab 305.6 MB / TorchIO 505.3 MB = 0.605 (added 81.5 MB), speed-up 2.65×.
 
-Memory ratio (peak RSS porelab/TorchIO): 0.564 at 128·256·256 (2 invocations; 0.61-0.71 before), 0.38 at
-128·512·512 (0.40 before). The goal 0.5 is not reachable at 128·256·256 while both paths are measured as here: ≈ 224 MB of
-each peak is the Python + torch + net baseline, so 0.5 × 512 MB leaves porelab 32 MB, and the net's
-forward alone needs more. Measured breakdown (``/proc/self/status`` sampled every 2 ms, ``/proc/self/smaps``
+Memory ratio (peak RSS porelab/TorchIO): 0.564 at 128·256·256 (2 invocations; 0.61-0.71 before), 0.38
+at 128·512·512 (0.40 before). The goal 0.5 is not reachable at 128·256·256 while both paths are measured
+as here: ≈ 224 MB of each peak is the Python + torch + net baseline, so 0.5 × 512 MB leaves porelab
+32 MB, and the net's forward alone needs more. Measured breakdown (``/proc/self/status`` sampled every 2 ms, ``/proc/self/smaps``
 per mapping, per-forward ``VmHWM`` reset through ``/proc/self/clear_refs``; UNet 0.25, 32³, batch 4):
 
 * the optimised forward alone, batch 4, in a fresh process with no scan, no memmap and no check: peak
