@@ -61,13 +61,14 @@ porelab 305.6 MB / TorchIO 505.3 MB = 0.605 (added 81.5 MB), speed-up 2.65×.
 Memory ratio (peak RSS porelab/TorchIO): 0.564 at 128·256·256 (2 invocations; 0.61-0.71 before), 0.38
 at 128·512·512 (0.40 before). The goal 0.5 is not reachable at 128·256·256 while both paths are measured
 as here: ≈ 224 MB of each peak is the Python + torch + net baseline, so 0.5 × 512 MB leaves porelab
-32 MB, and the net's forward alone needs more. Measured breakdown (``/proc/self/status`` sampled every 2 ms, ``/proc/self/smaps``
-per mapping, per-forward ``VmHWM`` reset through ``/proc/self/clear_refs``; UNet 0.25, 32³, batch 4):
+32 MB, and the net's forward alone needs more. Measured breakdown (``/proc/self/status`` sampled every
+2 ms, ``/proc/self/smaps`` per mapping, per-forward ``VmHWM`` reset through ``/proc/self/clear_refs``;
+UNet 0.25, 32³, batch 4):
 
 * the optimised forward alone, batch 4, in a fresh process with no scan, no memmap and no check: peak
   255-258 MB (+32-34 MB; +14 MB of it libtorch code pages of the kernels, +8 MB heap, the rest transient);
 * the equality check of ``optimize_for_inference`` (eager net on one 32³ patch, then the copy): peak
-  268-288 MB; one eager ``Conv3d`` alone adds a 27 MB transient (its im2col buffer). Before: the freed eager
+  268-288 MB; one eager ``Conv3d`` alone adds a 27 MB transient (not traced further). Before: the freed eager
   activations stayed in glibc's heap under the copy's forward (297.8 MB peak, 267 MB left); now a
   ``malloc_trim`` between and after the two forwards leaves 234 MB;
 * streaming, steady state before each forward: 261-267 MB = 234 + accumulator slab 8 + padded-input buffer 5
