@@ -39,7 +39,7 @@ shape, net, variant                    speed-up    porelab s   TorchIO s    max 
 128·256·256 unet 0.25 (3 invocations)  1.87-2.21×  14.6-20.1   29.8-38.8    1.2e-7    321-359/504-507  97-135/280-283
 128·256·256 unet 0.25 *                2.12×       20.5-23.5   43.4-44.9    1.2e-7    306/503          82/279
 128·512·512 unet 0.25 (2 invocations)  2.08-2.15×  57.7-66.1   124.1-132.4  1.5e-7    423-428/893-899  198-204/669-675
-128·512·512 unet 0.25 **               1.74×       99.2        173.0        1.5e-7    336/882          111/658
+128·512·512 unet 0.25 ** (2 inv.)      1.74-1.82×  93.2-99.2   170.1-173.0  1.5e-7    336-338/882-897  111-113/658-673
 128·512·512 unet 0.25 *                2.42×       71.3-91.6   172.6-185.4  1.5e-7    359/888          135/664
 128·256·256 unet 0.25, porelab b 8     2.30×       13.9-15.3   31.8-32.6    1.2e-7    338/505          114/281
 128·256·256 unet 0.25, glibc tuned     1.69×       14.7-15.3   25.0-27.2    1.2e-7    336/523          112/298
@@ -59,7 +59,7 @@ the input memmap released band by band. Same machine state just before these cha
 porelab 305.6 MB / TorchIO 505.3 MB = 0.605 (added 81.5 MB), speed-up 2.65×.
 
 Memory ratio (peak RSS porelab/TorchIO): 0.564 at 128·256·256 (2 invocations; 0.61-0.71 before), 0.38
-at 128·512·512 (0.40 before). The goal 0.5 is not reachable at 128·256·256 while both paths are measured
+at 128·512·512 (2 invocations: 0.376-0.380; 0.40 before). The goal 0.5 is not reachable at 128·256·256 while both paths are measured
 as here: ≈ 224 MB of each peak is the Python + torch + net baseline, so 0.5 × 512 MB leaves porelab
 32 MB, and the net's forward alone needs more. Measured breakdown (``/proc/self/status`` sampled every
 2 ms, ``/proc/self/smaps`` per mapping, per-forward ``VmHWM`` reset through ``/proc/self/clear_refs``;
