@@ -282,6 +282,7 @@ def train_fold(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict,
     from porelab.model import PoreModel
     from porelab.nets import build, is_supervised
     from porelab.normalise import Normalisation
+    from porelab.runtime import seed_everything
     from porelab.train import Sample, TrainConfig, fit
 
     supervised = is_supervised(net_name)
@@ -294,6 +295,7 @@ def train_fold(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict,
 
     train = [sample(s) for i, s in enumerate(ctx.cv) if i != fold]
     val = [sample(ctx.cv[fold])]
+    seed_everything(seed)       # the initial weights too, not only the training: a fold is reproducible
     net = build(net_name, **net_kwargs)
     net, history = fit(net, net_name, train, val, config, on_epoch=on_epoch, seed=seed, progress=ctx.progress)
     norm = Normalisation.fit(ctx.cv[0 if fold else 1].raw)

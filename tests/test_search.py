@@ -226,3 +226,19 @@ def test_supervised_space_takes_net_kwargs_from_the_profile(smoke_dataset, tmp_p
     assert kwargs["dropout"] == 0.0
     net = build(name, **kwargs)
     assert not any(isinstance(m, torch.nn.Dropout3d) for m in net.modules())
+
+
+def test_a_fold_is_reproducible_from_its_seed(smoke_dataset, tmp_path):
+    """train_fold seeds the initial weights as well as the training: same seed, same model."""
+    import torch
+
+    ctx = search.make_context("smoke", smoke_dataset.root, 0, workdir=tmp_path)
+    ctx.profile = ctx.profile.replace(max_epochs=1, samples_per_volume=2)
+    labels = {s.name: s.truth for s in ctx.cv}
+    runs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(len(runs))           # a different global state before every call
+        model, _ = search.train_fold(ctx, "unet", {"scale": 0.125}, {}, 0, labels=labels, seed=seed)
+        runs.append(model.state_dict)
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
