@@ -112,7 +112,7 @@ def test_collapse_to_no_pore_is_rolled_back(rollbacks):
         assert hist["val_loss"][2] < 0.999                  # epoch 2 trains the restored weights
     else:
         assert hist["rollbacks"] == [] and hist["val_loss"][2] >= 0.999
-    assert float(net.head[0].bias) > -10                     # best (pre-collapse) weights returned
+    assert float(net.head[0].bias.detach()) > -10            # best (pre-collapse) weights returned
 
 
 def test_checkpoints_and_resume(tmp_path):
