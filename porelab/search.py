@@ -63,8 +63,9 @@ PAPER_GAMMAS = (1 / 3, 1 / 2, 2 / 3, 1.0, 4 / 3, 3 / 2, 5 / 3, 2.0)
 #: the paper's FTL optimum (§5.1, Tables 1-2), the first trial of every TPE supervised study
 PAPER_FTL_OPTIMUM = {"alpha": 0.633, "beta": 0.1, "gamma": 1.0}
 TOPHAT_RADIUS = 3       # voxels; gas pores of the simulator have r 1-4 voxels
-#: anomaly residuals tried on every unsupervised fold (``postprocess.anomaly_map``); the validation scan picks
-DEFAULT_RESIDUALS = {"smoke": ("abs", "dark"), "quick": ("abs", "dark"), "paper": ("abs", "dark")}
+#: anomaly residuals tried on every unsupervised fold (``postprocess.anomaly_map``; ``Profile.extra["residuals"]``
+#: overrides); the validation scan picks
+DEFAULT_RESIDUALS = ("abs", "dark")
 
 def pipeline_profile(profile) -> Profile:
     """The profile as the pipeline runs it: a ``Profile`` as given, a name through ``porelab.config``."""
