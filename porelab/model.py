@@ -1,9 +1,10 @@
 """``PoreModel``: everything needed to score a new scan, saved as one folder.
 
 A model folder holds ``model.json`` (net name and constructor arguments, normalisation, patch, overlap,
-blending, kind, post-processing flag, decision threshold, free ``meta``) and ``weights.pt`` (the net's
+blending, kind, post-processing settings, decision threshold, free ``meta``) and ``weights.pt`` (the net's
 ``state_dict``). ``PoreModel.predict`` runs the whole path of the design note: normalise → patches → net →
-aggregate → (unsupervised) anomaly score ``|x − x̂|`` (or its dark side) and surface compensation (Iuso et al. 2024, eq. (2)-(3)).
+aggregate → (unsupervised) anomaly score ``|x − x̂|`` (or its dark side) and surface compensation (Iuso et
+al. 2024, eq. (2)-(3)) → (both kinds) skin suppression (``porelab.postprocess.interior_mask``).
 
 >>> model = PoreModel.load("models/unet")            # doctest: +SKIP
 >>> score, mask = model.segment(scan)                 # float32 score, bool mask (score >= threshold)
@@ -48,6 +49,12 @@ class PoreModel:
     residual : {"abs", "dark"}
         Unsupervised nets: the anomaly score ``|x − x̂|`` (the paper's) or the one-sided ``max(0, x̂ − x)``
         (pores are darker than the metal; ``porelab.postprocess.anomaly_map``).
+    smooth : float
+        Unsupervised nets: σ (voxels) of the Gaussian pre-filter of the scan in the residual (0 = none;
+        ``from_trained`` uses ``porelab.postprocess.DEFAULT_SMOOTH``).
+    skin : int
+        Both kinds: the score is 0 within ``skin`` voxels of the part's surface
+        (``porelab.postprocess.interior_mask``; 0 = scored everywhere; ``from_trained`` uses ``DEFAULT_SKIN``).
     threshold : float
         Decision threshold on the score (``mask = score >= threshold``).
     meta : dict
@@ -67,6 +74,8 @@ class PoreModel:
     weighting: str = "average"
     batch_size: int = 4
     residual: str = "abs"
+    smooth: float = 0.0
+    skin: int = 0
 
     def __post_init__(self):
         from porelab.nets import check_name
@@ -75,6 +84,8 @@ class PoreModel:
         check_name(self.name)
         if self.residual not in RESIDUALS:
             raise ModelError(f"model {self.name!r}: residual must be one of {RESIDUALS}, got {self.residual!r}")
+        if not (self.smooth >= 0 and self.skin >= 0):
+            raise ModelError(f"model {self.name!r}: smooth and skin must be >= 0, got {self.smooth!r}, {self.skin!r}")
         self._net = None
         self._device = None
 
@@ -91,8 +102,11 @@ class PoreModel:
                      patch: int | None = None, threshold: float = 0.5, postprocess: bool = True,
                      meta: dict | None = None, **kwargs) -> PoreModel:
         """Wrap a trained net. ``net_kwargs`` default to ``{"scale": net.scale}`` (+ ``patch_size`` for VAEs);
-        ``patch`` defaults to the profile's (or the net's ``patch_size``)."""
+        ``patch`` defaults to the profile's (or the net's ``patch_size``). ``skin`` and (unsupervised)
+        ``smooth`` default to the profile's ``extra["skin"]`` / ``extra["smooth"]`` or porelab's defaults."""
         from porelab.config import get_profile
+        from porelab.nets import is_supervised
+        from porelab.postprocess import DEFAULT_SKIN, DEFAULT_SMOOTH
 
         if isinstance(profile, str):
             profile = get_profile(profile)
@@ -110,6 +124,10 @@ class PoreModel:
         meta = dict(meta or {})
         if profile is not None:
             meta.setdefault("profile", profile.name)
+        extra = dict(getattr(profile, "extra", None) or {})
+        kwargs.setdefault("skin", int(extra.get("skin", DEFAULT_SKIN)))
+        if not is_supervised(name):
+            kwargs.setdefault("smooth", float(extra.get("smooth", DEFAULT_SMOOTH)))
         state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
         model = cls(name=name, net_kwargs=dict(net_kwargs), state_dict=state, normalisation=normalisation,
                     patch=int(patch), threshold=float(threshold), postprocess=bool(postprocess), meta=meta,
@@ -198,7 +216,7 @@ class PoreModel:
             from porelab.postprocess import anomaly_map, surface_compensation
 
             x_hat = predict_volume(fn, scan, desc=f"{self.name} reconstruction", **kw)
-            a = anomaly_map(norm.apply(scan), x_hat, residual=self.residual)
+            a = anomaly_map(norm.apply(scan), x_hat, residual=self.residual, smooth=self.smooth)
             if self.postprocess:
                 res = surface_compensation(a, x_hat)
                 score = res[0]
@@ -209,6 +227,11 @@ class PoreModel:
             if out is not None:
                 out[...] = score
                 score = out
+        if self.skin:
+            from porelab.postprocess import apply_skin, interior_mask
+
+            apply_skin(score, interior_mask(scan, self.skin))
+        info["skin"] = self.skin
         return (score, info) if return_info else score
 
     def segment(self, scan: np.ndarray, progress: bool = False, *, threshold: float | None = None):
@@ -223,7 +246,8 @@ class PoreModel:
         return {"format": FORMAT, "name": self.name, "kind": self.kind, "net_kwargs": self.net_kwargs,
                 "normalisation": self.normalisation.to_dict(), "patch": self.patch, "overlap": self.overlap,
                 "weighting": self.weighting, "batch_size": self.batch_size, "postprocess": self.postprocess,
-                "residual": self.residual, "threshold": self.threshold, "meta": self.meta}
+                "residual": self.residual, "smooth": self.smooth, "skin": self.skin,
+                "threshold": self.threshold, "meta": self.meta}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/model.json`` and ``directory/weights.pt`` atomically (all or nothing)."""
@@ -266,7 +290,8 @@ class PoreModel:
                         postprocess=bool(cfg.get("postprocess", True)), threshold=float(cfg["threshold"]),
                         meta=dict(cfg.get("meta") or {}), overlap=float(cfg.get("overlap", 0.5)),
                         weighting=str(cfg.get("weighting", "average")), batch_size=int(cfg.get("batch_size", 4)),
-                        residual=str(cfg.get("residual", "abs")))
+                        residual=str(cfg.get("residual", "abs")), smooth=float(cfg.get("smooth", 0.0)),
+                        skin=int(cfg.get("skin", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{cfg_path}: invalid model description ({type(exc).__name__}: {exc})") from None
         model.net("cpu")  # fail now, with a clear message, if the weights do not fit

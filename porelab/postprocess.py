@@ -35,10 +35,14 @@ import numpy as np
 __all__ = [
     "DEFAULT_N_SAMPLE",
     "DEFAULT_SIGMAS",
+    "DEFAULT_SKIN",
+    "DEFAULT_SMOOTH",
     "RESIDUALS",
     "anomaly_map",
+    "apply_skin",
     "derivative_sum",
     "fit_lambda",
+    "interior_mask",
     "surface_compensation",
     "weighted_median",
 ]
@@ -53,8 +57,20 @@ _SLAB_VOXELS = 1 << 22   # planes per slab chosen so a slab holds about 4 M voxe
 #: residual modes of :func:`anomaly_map`
 RESIDUALS = ("abs", "dark")
 
+#: σ (voxels) of the Gaussian pre-filter of the scan in :func:`anomaly_map` for new unsupervised models.
+#: Chosen on the pipeline's own development scans (``quick`` data, seed 0; the production VAE; dark residual
+#: with the skin suppressed), voxel AP inside the part for σ = 0 / 0.5 / 0.6 / 0.7 / 0.85 / 1.0:
+#: hard cube 0.425 / 0.529 / 0.564 / 0.578 / 0.582 / 0.576, cylinders 0.947-0.969 / … / 0.935-0.962 /
+#: 0.923-0.953 / 0.907-0.943. The cube's reconstruction noise is strongly correlated (its relative noise
+#: only falls 0.13 → 0.095 at σ = 0.7, the cylinders' white-ish noise 0.059 → 0.030), so most of the gain
+#: comes early; 0.7 buys +0.15 on the noisy scan for −0.01 on the clean ones.
+DEFAULT_SMOOTH = 0.7
 
-def anomaly_map(x, x_hat, *, out=None, residual: str = "abs") -> np.ndarray:
+#: voxels below the part's surface whose score :func:`apply_skin` sets to 0 for new models (both kinds).
+DEFAULT_SKIN = 2
+
+
+def anomaly_map(x, x_hat, *, out=None, residual: str = "abs", smooth: float = 0.0) -> np.ndarray:
     """Voxel-wise anomaly score of a reconstruction, float32 (Iuso et al. 2024, Sect. 3.2 / 3.4).
 
     ``residual="abs"`` is the paper's ``A = |x − x̂|``. ``residual="dark"`` is the one-sided
@@ -72,6 +88,11 @@ def anomaly_map(x, x_hat, *, out=None, residual: str = "abs") -> np.ndarray:
     out : np.ndarray float32, optional
         Where to write the result (may be ``x_hat`` itself to save memory, or a memmap).
     residual : {"abs", "dark"}
+    smooth : float
+        σ (voxels) of a Gaussian pre-filter of ``x`` (``scipy.ndimage.gaussian_filter``, ``mode="nearest"``);
+        0 = none (the paper). The VAE's x̂ is already smooth, so without it the residual carries the scan's
+        full voxel noise; on the noisy hard cube a σ of 0.7 lifts the AP from 0.43 to 0.58
+        (:data:`DEFAULT_SMOOTH` gives the measurements). Costs one float32 copy of the scan.
 
     Returns
     -------
@@ -83,6 +104,12 @@ def anomaly_map(x, x_hat, *, out=None, residual: str = "abs") -> np.ndarray:
     x_hat = np.asarray(x_hat)
     if x.shape != x_hat.shape:
         raise ValueError(f"anomaly_map: shapes differ: x {x.shape} vs x_hat {x_hat.shape}")
+    if not smooth >= 0:
+        raise ValueError(f"anomaly_map: smooth must be >= 0, got {smooth!r}")
+    if smooth > 0:
+        from scipy.ndimage import gaussian_filter
+
+        x = gaussian_filter(np.asarray(x, dtype=np.float32), float(smooth), mode="nearest")
     if out is None:
         out = np.empty(x.shape, dtype=np.float32)
     for sl in _slabs(x.shape):
@@ -93,6 +120,53 @@ def anomaly_map(x, x_hat, *, out=None, residual: str = "abs") -> np.ndarray:
             np.subtract(x_hat[sl], x[sl], out=out[sl], dtype=np.float32, casting="unsafe")
             np.maximum(out[sl], 0, out=out[sl])
     return out
+
+
+def interior_mask(scan, skin: int = DEFAULT_SKIN, *, part=None, progress: bool = False) -> np.ndarray | None:
+    """Voxels of the part more than ``skin`` voxels below its surface (bool), or ``None`` when ``skin`` is 0.
+
+    The part is Algorithm 1's watertight object mask (Otsu threshold, flood fill of the low voxels from a
+    corner: ``porelab.labels.object_mask``) computed on the raw ``scan`` itself, unless ``part`` is given.
+    It is eroded by a ball of radius ``skin`` (``scipy.ndimage.binary_erosion``; the scan's border counts
+    as part, so a part cut by the field of view is not eroded there).
+
+    Why: every score (the VAEs' residuals and the supervised nets' probabilities) is high on the outermost
+    voxel layers of the part, where the surface's partial volume and roughness make the scan darker than
+    bulk metal. The paper's surface compensation (eq. (2)-(3)) models that band from the reconstruction
+    x̂, which fails when x̂ is wrong at the surface: the ``quick`` VAE, trained on cylinders, reconstructs
+    the hard cube 16 % too large, and with the dark residual eq. (3)'s L1 fit is degenerate (most voxels
+    have a score of 0, so λ* → 0 and eq. (2) changes nothing). Measured on unseen scans (seed 12345) with the
+    production models: at the top-k threshold 1,446 of the cube's 1,537 false-positive voxels lie within
+    one voxel of the surface, no true pore voxel lies within 2 (the simulator's pores are internal); the
+    skin suppression lifts the cube's AP 0.18 → 0.69 (VAE) and 0.66 → 0.85 (UNet), the cylinders' by
+    +0.00-0.03. A pore open to, or within ``skin`` voxels of, the surface is not scored: in AM quality
+    control such pores belong to the surface-roughness analysis, not internal porosity; set ``skin=0`` to
+    keep them.
+    """
+    skin = int(skin)
+    if skin < 0:
+        raise ValueError(f"skin must be >= 0 voxels, got {skin}")
+    if skin == 0:
+        return None
+    from scipy.ndimage import binary_erosion
+    from skimage.morphology import ball
+
+    if part is None:
+        from porelab.labels import object_mask
+
+        part = object_mask(np.asarray(scan), progress=progress)
+    return binary_erosion(part, structure=ball(skin).astype(bool), border_value=1)
+
+
+def apply_skin(score: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """``score`` set to 0 outside ``keep`` (:func:`interior_mask`), in place, slab by slab (memmaps too)."""
+    if keep is None:
+        return score
+    if np.shape(keep) != np.shape(score):
+        raise ValueError(f"apply_skin: mask {np.shape(keep)} and score {np.shape(score)} differ in shape")
+    for sl in _slabs(np.shape(score)):
+        score[sl] *= keep[sl]
+    return score
 
 
 def derivative_sum(v_hat, *, out=None) -> np.ndarray:

@@ -262,16 +262,20 @@ def unsupervised_scores(model, raw: np.ndarray, residuals=None) -> dict[str, tup
     ``"dark"`` = ``max(0, x̂ − x)``; default: the model's own).
 
     One reconstruction (``PoreModel.reconstruct``, the same grid inference as ``PoreModel.predict``)
-    serves all of them, eq. (2)-(3) (Iuso et al. 2024) run on each.
+    serves all of them. ``A`` is the residual against the model's ``smooth``-filtered scan; ``A_pores`` is
+    what ``PoreModel.predict`` returns: eq. (2)-(3) (Iuso et al. 2024) if ``model.postprocess``, then the
+    skin suppression (``model.skin``).
     """
-    from porelab.postprocess import anomaly_map, surface_compensation
+    from porelab.postprocess import anomaly_map, apply_skin, interior_mask, surface_compensation
 
     x_hat = model.reconstruct(raw)
     x = model.normalisation.refit(raw).apply(raw)
+    keep = interior_mask(raw, model.skin)
     out = {}
     for mode in (residuals or (model.residual,)):
-        a = anomaly_map(x, x_hat, residual=mode)
-        out[mode] = (a, np.asarray(surface_compensation(a.copy(), x_hat)[0], dtype=np.float32))
+        a = anomaly_map(x, x_hat, residual=mode, smooth=model.smooth)
+        pp = np.asarray(surface_compensation(a, x_hat)[0], dtype=np.float32) if model.postprocess else a.copy()
+        out[mode] = (a, apply_skin(pp, keep))
     return out
 
 

@@ -218,7 +218,7 @@ def test_pore_model_predict_equals_eager_grid_inference(rng):
     net = build("unet", scale=0.125)
     scan = (rng.random((24, 40, 36)) * 1000).astype(np.float32)
     norm = Normalisation.fit(scan)
-    model = PoreModel.from_trained(net, "unet", norm, net_kwargs={"scale": 0.125}, patch=16)
+    model = PoreModel.from_trained(net, "unet", norm, net_kwargs={"scale": 0.125}, patch=16, skin=0)
     score = model.predict(scan, device=CPU)
     eager = model.net(CPU)
     n = norm.refit(scan) if norm.per_scan else norm

@@ -48,7 +48,14 @@ def test_supervised_round_trip_identical_predictions(tmp_path, rng):
 
 
 def test_unsupervised_round_trip_and_postprocess_flag(tmp_path, rng):
-    from porelab.postprocess import anomaly_map, surface_compensation
+    from porelab.postprocess import (
+        DEFAULT_SKIN,
+        DEFAULT_SMOOTH,
+        anomaly_map,
+        apply_skin,
+        interior_mask,
+        surface_compensation,
+    )
 
     model = _model("vae")
     assert model.kind == "unsupervised"
@@ -63,10 +70,31 @@ def test_unsupervised_round_trip_and_postprocess_flag(tmp_path, rng):
     norm = Normalisation.fit(scan)
     net = model.net("cpu")
     x_hat = predict_volume(lambda t: net.reconstruct(norm.apply_torch(t)), scan, patch=16, progress=False)
-    a = anomaly_map(norm.apply(scan), x_hat)
-    np.testing.assert_allclose(score, surface_compensation(a, x_hat)[0], atol=1e-6)
-    raw = model.replace(postprocess=False).predict(scan)
-    np.testing.assert_allclose(raw, a, atol=1e-6)
+    # new models pre-filter the scan and suppress the part's skin (porelab's defaults)
+    assert (model.smooth, model.skin) == (DEFAULT_SMOOTH, DEFAULT_SKIN) and model.smooth > 0 and model.skin > 0
+    a = anomaly_map(norm.apply(scan), x_hat, smooth=model.smooth)
+    keep = interior_mask(scan, model.skin)
+    np.testing.assert_allclose(score, apply_skin(surface_compensation(a, x_hat)[0], keep), atol=1e-6)
+    assert not score[~keep].any()
+    raw = model.replace(postprocess=False, skin=0, smooth=0.0).predict(scan)
+    np.testing.assert_allclose(raw, anomaly_map(norm.apply(scan), x_hat), atol=1e-6)
+
+
+def test_model_json_without_skin_or_smooth_loads_with_both_off(tmp_path, rng):
+    """A model saved before ``smooth``/``skin`` existed scores exactly as it did."""
+    model = _model("vae")
+    model.save(tmp_path / "v")
+    cfg_path = tmp_path / "v" / "model.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert (cfg["smooth"], cfg["skin"]) == (model.smooth, model.skin)
+    del cfg["smooth"], cfg["skin"]
+    cfg_path.write_text(json.dumps(cfg))
+    old = PoreModel.load(tmp_path / "v")
+    assert (old.smooth, old.skin) == (0.0, 0)
+    scan = _scan(rng)
+    np.testing.assert_allclose(old.predict(scan), model.replace(smooth=0.0, skin=0).predict(scan), atol=1e-6)
+    with pytest.raises(ModelError):
+        model.replace(skin=-1)
 
 
 def test_per_scan_normalisation_makes_grey_levels_irrelevant(rng):
@@ -178,7 +206,7 @@ def test_every_net_trains_and_scores(name, tmp_path):
 def test_reconstruct_is_the_input_of_the_unsupervised_score(rng):
     from porelab.postprocess import anomaly_map
 
-    model = _model("vae", postprocess=False)
+    model = _model("vae", postprocess=False, skin=0, smooth=0.0)
     scan = _scan(rng)
     x_hat = model.reconstruct(scan)
     assert x_hat.shape == scan.shape and x_hat.dtype == np.float32
@@ -192,7 +220,7 @@ def test_dark_residual_is_saved_and_used(tmp_path, rng):
     from porelab.errors import ModelError
     from porelab.postprocess import anomaly_map
 
-    model = _model("vae", postprocess=False, residual="dark")
+    model = _model("vae", postprocess=False, residual="dark", skin=0, smooth=0.0)
     scan = _scan(rng)
     x_hat = model.reconstruct(scan)
     x = Normalisation.fit(scan).apply(scan)

@@ -10,8 +10,10 @@ from sklearn.metrics import average_precision_score
 from porelab import postprocess
 from porelab.postprocess import (
     anomaly_map,
+    apply_skin,
     derivative_sum,
     fit_lambda,
+    interior_mask,
     surface_compensation,
     weighted_median,
 )
@@ -141,3 +143,58 @@ def test_mask_restricts_fit_and_bad_inputs():
         surface_compensation(A, v_hat, sigmas=[0.0])
     with pytest.raises(ValueError):
         surface_compensation(A, v_hat, mask=np.zeros(A.shape, bool))
+
+
+def test_smooth_prefilters_the_scan_only(rng):
+    x = rng.normal(0.8, 0.1, (12, 14, 16)).astype(np.float32)
+    x_hat = np.full_like(x, 0.8)
+    a = anomaly_map(x, x_hat, residual="dark", smooth=0.7)
+    expected = np.maximum(x_hat - gaussian_filter(x, 0.7, mode="nearest"), 0)
+    np.testing.assert_allclose(a, expected, atol=1e-6)
+    # the pre-filter lowers the noise of the residual; σ = 0 is the paper's residual
+    assert a.std() < 0.6 * anomaly_map(x, x_hat, residual="dark").std()
+    np.testing.assert_array_equal(anomaly_map(x, x_hat, smooth=0), anomaly_map(x, x_hat))
+    with pytest.raises(ValueError, match="smooth"):
+        anomaly_map(x, x_hat, smooth=-1)
+
+
+def _box_scan(shape=(20, 24, 24), cut=False):
+    scan = np.full(shape, 100.0, dtype=np.float32)
+    sl = (slice(0, shape[0]) if cut else slice(4, 16), slice(4, 20), slice(4, 20))
+    scan[sl] = 1000.0
+    scan[10, 12, 12] = 100.0      # a one-voxel internal pore, 6 voxels deep
+    return scan
+
+
+def test_interior_mask_erodes_the_part_by_skin_voxels():
+    scan = _box_scan()
+    keep = interior_mask(scan, 2)
+    part = scan > 500
+    part[10, 12, 12] = True       # the pore is inside the part (Algorithm 1's object mask fills it)
+    assert keep.dtype == bool and not keep[~part].any()
+    # exactly the voxels more than 2 voxels from the air: the box's faces lose two layers
+    assert keep[6:14, 6:18, 6:18].all() and not keep[5].any() and not keep[:, 5].any()
+    assert keep[10, 12, 12]       # the internal pore is scored
+    assert interior_mask(scan, 0) is None
+    with pytest.raises(ValueError, match="skin"):
+        interior_mask(scan, -1)
+
+
+def test_interior_mask_does_not_erode_where_the_part_leaves_the_field_of_view():
+    keep = interior_mask(_box_scan(cut=True), 2)
+    assert keep[0, 10, 10] and keep[-1, 10, 10]      # z faces are the scan's border, not the part's surface
+    assert not keep[10, 5, 10]                       # a real face is eroded
+
+
+def test_apply_skin_zeroes_outside_in_place_across_slabs(rng, monkeypatch):
+    monkeypatch.setattr(postprocess, "_SLAB_VOXELS", 3 * 24 * 24)
+    scan = _box_scan()
+    keep = interior_mask(scan, 1)
+    score = rng.random(scan.shape).astype(np.float32)
+    before = score.copy()
+    out = apply_skin(score, keep)
+    assert out is score
+    np.testing.assert_array_equal(score, np.where(keep, before, 0))
+    assert apply_skin(before, None) is before
+    with pytest.raises(ValueError, match="shape"):
+        apply_skin(score, keep[:-1])
