@@ -302,7 +302,8 @@ def train_fold(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict,
     val = [sample(ctx.cv[fold])]
     seed_everything(seed)       # the initial weights too, not only the training: a fold is reproducible
     net = build(net_name, **net_kwargs)
-    net, history = fit(net, net_name, train, val, config, on_epoch=on_epoch, seed=seed, progress=ctx.progress)
+    net, history = fit(net, net_name, train, val, config, on_epoch=on_epoch, seed=seed, progress=ctx.progress,
+                       rebuild=lambda _k: build(net_name, **net_kwargs))
     norm = Normalisation.fit(ctx.cv[0 if fold else 1].raw)
     model = PoreModel.from_trained(net, net_name, norm, ctx.profile, net_kwargs=dict(net_kwargs),
                                    patch=config.patch, postprocess=not supervised)

@@ -115,6 +115,40 @@ def test_collapse_to_no_pore_is_rolled_back(rollbacks):
     assert float(net.head[0].bias.detach()) > -10            # best (pre-collapse) weights returned
 
 
+def _saturated(bias=1e4):
+    """A UNet whose head says "pore" everywhere: the Focal Tversky plateau where the sigmoid's gradient is 0."""
+    net = build("unet", scale=0.125)
+    with torch.no_grad():
+        net.head[0].bias.fill_(bias)
+    return net
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_plateau_restart_starts_again_from_fresh_weights(fresh):
+    """A net that never leaves its starting plateau is rebuilt (``rebuild``) after ``plateau_epochs``; at most
+    ``plateau_restarts`` times, and never without a factory."""
+    train, val = [_toy(1)], [_toy(3)]
+    torch.manual_seed(0)
+    calls = []
+
+    def rebuild(k):
+        calls.append(k)
+        return build("unet", scale=0.125) if fresh else _saturated()
+
+    cfg = _cfg(max_epochs=4, lr=1e-3, plateau_epochs=1, plateau_loss=0.5, plateau_restarts=1)
+    net, hist = fit(_saturated(), "unet", train, val, cfg, progress=False, seed=0, rebuild=rebuild)
+    plateau = hist["val_loss"][0]
+    assert plateau >= 0.5 and hist["restarts"] == [{"epoch": 0, "best_val_loss": plateau}] and calls == [1]
+    assert hist["best_epoch"] >= 1                          # the best is chosen within the new attempt
+    if fresh:                                               # the rebuilt net trains and is returned
+        assert all(abs(v - plateau) > 1e-3 for v in hist["val_loss"][1:])
+        assert float(net.head[0].bias.detach()) < 100
+    else:                                                   # still stuck, but only one restart allowed
+        assert all(abs(v - plateau) < 1e-6 for v in hist["val_loss"][1:])
+    _, no_factory = fit(_saturated(), "unet", train, val, cfg, progress=False, seed=0)
+    assert no_factory["restarts"] == []
+
+
 def test_checkpoints_and_resume(tmp_path):
     train, val = [_toy(1)], [_toy(3)]
     ck = tmp_path / "ck"

@@ -138,7 +138,7 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
         val_s = [Sample(s.scan, None, s.name) for s in val_s]
     net = build(net_name, **net_kwargs)
     net, history = fit(net, net_name, train_s, val_s, config, checkpoint_dir=checkpoints, seed=seed,
-                       progress=True)
+                       rebuild=lambda _k: build(net_name, **net_kwargs), progress=True)
 
     norm = Normalisation.fit(raws[0])
     model = PoreModel.from_trained(net, net_name, norm, prof, net_kwargs=net_kwargs, patch=config.patch)
