@@ -64,6 +64,29 @@ def test_segment_writes_every_output(trained, smoke_dataset, tmp_path):
     assert not (out2 / "score.npy").exists() and (out2 / "mask.tif").is_file()
 
 
+def test_segment_skin_option_overrides_the_models(trained, smoke_dataset, tmp_path):
+    from porelab.model import PoreModel
+    from porelab.postprocess import interior_mask
+
+    model_dir, _ = trained
+    assert PoreModel.load(model_dir).skin == 2            # trained by this version: the default skin
+    scan = str(smoke_dataset.hard.scan)
+    scores = {}
+    for skin in ("0", "3"):
+        out = tmp_path / f"seg{skin}"
+        res = CliRunner().invoke(main, ["segment", scan, "-o", str(out), "--model", str(model_dir), "--skin", skin])
+        assert res.exit_code == 0, res.output
+        assert json.loads((out / "segment.json").read_text())["skin"] == int(skin)
+        scores[skin] = np.load(out / "score.npy")
+    keep = interior_mask(np.load(scan), 3)
+    np.testing.assert_array_equal(scores["3"], np.where(keep, scores["0"], 0))
+    assert scores["0"][~keep].any()                       # --skin 0 scores the skin too
+    res = CliRunner().invoke(main, ["segment", scan, "-o", str(tmp_path / "bad"), "--model", str(model_dir),
+                                    "--skin", "-1"])
+    assert res.exit_code == 2 and res.stderr.startswith("porelab: error:") and "--skin" in res.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("case", ["missing_scan", "bad_scan", "missing_model", "not_a_model"])
 def test_segment_fails_cleanly(trained, smoke_dataset, tmp_path, case):
     model_dir, _ = trained

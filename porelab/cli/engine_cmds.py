@@ -172,19 +172,26 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
 @click.option("--model", "model_spec", required=True,
               help="A model folder saved by `porelab train`, or a registered model name / models:/ URI.")
 @click.option("--threshold", type=float, default=None, help="Score threshold (default: the model's).")
+@click.option("--skin", type=int, default=None, metavar="VOXELS",
+              help="Score nothing within this many voxels of the part's surface (default: the model's, 2 for "
+                   "models trained by this version); 0 also scores surface-connected pores.")
 @click.option("--spacing", type=float, nargs=3, default=None, metavar="Z Y X",
               help="Voxel size in mm, (z, y, x) order; overrides the file's metadata.")
 @click.option("--no-score", is_flag=True, help="Do not write score.npy (saves disk on large scans).")
 @click.option("--mask-format", type=click.Choice(MASK_FORMATS), default="npy", show_default=True,
               help="File format of the uint8 mask.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present).")
-def segment(scan, output, model_spec, threshold, spacing, no_score, mask_format, device):
+def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_format, device):
     """Segment pores in a CT scan with a trained model.
 
     Writes into OUTPUT: score.npy (float32 voxel score, higher = more likely pore; (z, y, x)), mask.<ext>
     (uint8, score >= threshold), pores.csv and summary.json (the per-pore report), overlay.png (mid-slices
     with the mask in red) and segment.json (model, threshold, timings). The scan is read lazily
     (memory-mapped where the format allows) and scored patch by patch; the score streams to disk.
+
+    The score is 0 within --skin voxels of the part's surface (the part: Otsu threshold and flood fill
+    of the scan, as in Algorithm 1), where the surface's partial volume looks like porosity to every
+    model; give --skin 0 to score surface-connected pores as well.
 
     \b
     Example:
@@ -193,10 +200,15 @@ def segment(scan, output, model_spec, threshold, spacing, no_score, mask_format,
     import numpy as np
 
     from porelab._io import atomic_path, write_json
+    from porelab.errors import ConfigError
     from porelab.model import resolve_model
     from porelab.volume import read_volume, write_volume
 
+    if skin is not None and skin < 0:
+        raise ConfigError(f"--skin must be >= 0 voxels, got {skin}")
     model = resolve_model(model_spec)             # fail early: nothing written for a bad model
+    if skin is not None:
+        model = model.replace(skin=skin)
     vol = read_volume(scan, spacing=spacing)      # ... or a bad scan
     thr = model.threshold if threshold is None else float(threshold)
     t0 = time.perf_counter()
@@ -228,7 +240,8 @@ def segment(scan, output, model_spec, threshold, spacing, no_score, mask_format,
         seconds = time.perf_counter() - t0
         summary = {"scan": str(scan), "shape": list(vol.shape), "spacing": list(vol.spacing),
                    "spacing_known": vol.spacing_known, "model": str(model_spec), "net": model.name,
-                   "kind": model.kind, "threshold": thr, "postprocess": model.postprocess,
+                   "kind": model.kind, "threshold": thr, "postprocess": model.postprocess, "skin": model.skin,
+                   "smooth": model.smooth if model.kind == "unsupervised" else None,
                    "normalisation": info, "mask_voxels": int(mask.sum()), "seconds": round(seconds, 2),
                    "pore_count": report.get("pore_count"), "porosity_percent": report.get("porosity_percent")}
         write_json(tmp / "segment.json", summary)
