@@ -62,7 +62,9 @@ PAPER_ALPHAS = tuple(float(v) for v in np.linspace(0.1, 0.9, 4))
 PAPER_GAMMAS = (1 / 3, 1 / 2, 2 / 3, 1.0, 4 / 3, 3 / 2, 5 / 3, 2.0)
 #: the paper's FTL optimum (§5.1, Tables 1-2), the first trial of every TPE supervised study
 PAPER_FTL_OPTIMUM = {"alpha": 0.633, "beta": 0.1, "gamma": 1.0}
-TOPHAT_RADIUS = 3       # voxels; gas pores of the simulator have r 1-4 voxels
+#: voxels; larger than the simulator's largest gas pore (r 1-4), so a closing fills every such pore. Measured
+#: on unseen quick scans (seed 12345), AP cylinders / cube: radius 3: 0.88 / 0.28, 4: 0.95 / 0.48, 5: 0.95 / 0.56
+TOPHAT_RADIUS = 5
 #: anomaly residuals tried on every unsupervised fold (``postprocess.anomaly_map``; ``Profile.extra["residuals"]``
 #: overrides); the validation scan picks
 DEFAULT_RESIDUALS = ("abs", "dark")
@@ -206,16 +208,23 @@ def git_commit() -> str:
 
 
 # --------------------------------------------------------------------------------------- classical rows
-def tophat_score(scan: Scan, radius: int = TOPHAT_RADIUS) -> np.ndarray:
+def tophat_score(scan: Scan, radius: int = TOPHAT_RADIUS, smooth: float | None = None) -> np.ndarray:
     """Black top-hat of the normalised scan inside the part: grey closing (ball) minus scan.
 
     A classical pore score (dark holes smaller than the ball light up), the baseline row in every table.
+    The scan is first Gaussian-filtered with the VAEs' pre-filter (``smooth``, default
+    ``porelab.postprocess.DEFAULT_SMOOTH``), so that the row shows what learning adds to the same generic
+    steps: measured on the unseen quick cube, AP 0.56 → 0.84 with it (cylinders 0.95 either way).
     """
     from scipy import ndimage
     from skimage.morphology import ball
 
-    closed = ndimage.grey_closing(scan.scan, footprint=ball(radius))
-    return np.where(scan.object, closed - scan.scan, 0.0).astype(np.float32)
+    from porelab.postprocess import DEFAULT_SMOOTH
+
+    smooth = DEFAULT_SMOOTH if smooth is None else float(smooth)
+    x = ndimage.gaussian_filter(scan.scan.astype(np.float32), smooth, mode="nearest") if smooth > 0 else scan.scan
+    closed = ndimage.grey_closing(x, footprint=ball(radius))
+    return np.where(scan.object, closed - x, 0.0).astype(np.float32)
 
 
 def baselines(ctx: Context) -> dict:
