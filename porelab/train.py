@@ -53,6 +53,8 @@ class TrainConfig:
         Focal Tversky loss ≥ 0.999, i.e. TI ≈ 0: the sigmoid saturated, its gradient vanished and training
         cannot recover by itself) is undone by reloading the best weights, resetting Adam and halving the
         learning rate (0: never). Measured on the quick scans: unclipped UNets at lr 1e-3 collapsed in 3 of 5 runs.
+    warmup_steps : the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over the first
+        ``warmup_steps`` optimiser steps of every attempt (0: constant, the paper).
     plateau_restarts, plateau_epochs, plateau_loss : supervised nets, and only when ``fit`` gets a ``rebuild``
         factory: if after ``plateau_epochs`` epochs of an attempt the best validation loss is still
         ≥ ``plateau_loss``, the net never left its starting plateau, and training starts again from freshly
@@ -80,6 +82,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = None
     collapse_rollbacks: int = 2
+    warmup_steps: int = 0
     plateau_restarts: int = 2
     plateau_epochs: int = 4
     plateau_loss: float = 0.85
@@ -216,7 +219,7 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
     (net, history)
         ``net`` with the best epoch's weights, in eval mode; ``history`` a dict with lists ``train_loss``,
         ``val_loss``, ``seconds`` (per epoch) and ``best_epoch``, ``best_val_loss``, ``stopped_early``,
-        ``epochs``, ``device``, ``resumed_from``, ``rollbacks``, ``restarts`` (epoch and best loss of
+        ``epochs``, ``device``, ``resumed_from``, ``lr`` (at the end of every epoch), ``rollbacks``, ``restarts`` (epoch and best loss of
         every plateau restart).
     """
     import torch
@@ -258,6 +261,7 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                "rollbacks": [], "restarts": []}
     best_loss, best_state, wait, start_epoch = math.inf, None, 0, 0
     attempt_start = 0         # first epoch of the current attempt (plateau restarts begin a new one)
+    attempt_steps = 0         # optimiser steps in the current attempt (learning-rate warm-up)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -272,6 +276,7 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
             best_loss, wait = float(state["best_loss"]), int(state["wait"])
             history = state["history"]
             attempt_start = int(state.get("attempt_start", 0))
+            attempt_steps = int(state.get("attempt_steps", 10**9))   # older checkpoints: warm-up is over
             history["resumed_from"] = int(state["epoch"])
             best_path = ckpt / "best.pt"
             if best_path.exists():
@@ -314,6 +319,10 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True) if y is not None else None
                 optimiser.zero_grad(set_to_none=True)
+                attempt_steps += 1
+                if attempt_steps <= config.warmup_steps:
+                    for group in optimiser.param_groups:
+                        group["lr"] = config.lr * attempt_steps / config.warmup_steps
                 with torch.autocast(device.type, enabled=use_amp):
                     loss, _ = run_loss(net(x), x, y)
                 if not torch.isfinite(loss):
@@ -333,6 +342,7 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
             history["train_loss"].append(train_loss)
             history["val_loss"].append(val_loss)
             history["seconds"].append(seconds)
+            history.setdefault("lr", []).append(float(optimiser.param_groups[0]["lr"]))
             history["epochs"] = epoch + 1
             if monitored < best_loss - config.min_delta:
                 best_loss, wait = monitored, 0
@@ -359,7 +369,7 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                 torch.manual_seed(seed + 7919 * len(restarts))
                 net = rebuild(len(restarts)).to(device)
                 optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-                best_loss, best_state, wait, attempt_start = math.inf, None, 0, epoch + 1
+                best_loss, best_state, wait, attempt_start, attempt_steps = math.inf, None, 0, epoch + 1, 0
                 history["best_epoch"] = history["best_val_loss"] = None
             stop = wait >= config.patience
             history["stopped_early"] = bool(stop)
@@ -367,7 +377,8 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                 _save({"epoch": epoch, "net": net.state_dict(), "optimizer": optimiser.state_dict(),
                        "scaler": scaler.state_dict() if use_amp else None, "best_loss": best_loss, "wait": wait,
                        "history": history, "rng": _rng_state(), "stopped": stop, "name": name,
-                       "config": config.to_dict(), "attempt_start": attempt_start}, ckpt / "last.pt")
+                       "config": config.to_dict(), "attempt_start": attempt_start,
+                       "attempt_steps": attempt_steps}, ckpt / "last.pt")
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{best_loss:.4f}")

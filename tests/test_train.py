@@ -115,6 +115,17 @@ def test_collapse_to_no_pore_is_rolled_back(rollbacks):
     assert float(net.head[0].bias.detach()) > -10            # best (pre-collapse) weights returned
 
 
+def test_warmup_raises_the_learning_rate_linearly():
+    """8 patches of one scan in batches of 4: 2 steps per epoch, so 4 warm-up steps end after epoch 1."""
+    train, val = [_toy(1)], [_toy(3)]
+    cfg = _cfg(max_epochs=3, lr=1e-3, samples_per_volume=8, batch_size=4, warmup_steps=4)
+    _, hist = fit(build("unet", scale=0.125), "unet", train, val, cfg, progress=False, seed=0)
+    assert hist["lr"] == pytest.approx([5e-4, 1e-3, 1e-3])
+    _, flat = fit(build("unet", scale=0.125), "unet", train, val, _cfg(max_epochs=2, lr=1e-3, samples_per_volume=8,
+                                                                          batch_size=4), progress=False, seed=0)
+    assert flat["lr"] == pytest.approx([1e-3, 1e-3])
+
+
 def _saturated(bias=1e4):
     """A UNet whose head says "pore" everywhere: the Focal Tversky plateau where the sigmoid's gradient is 0."""
     net = build("unet", scale=0.125)
