@@ -357,9 +357,12 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                         < config.collapse_rollbacks):
                     # collapse to an empty prediction: back to the best weights, fresh Adam, half the lr
                     lr = optimiser.param_groups[0]["lr"] * 0.5
+                    if attempt_steps < config.warmup_steps:   # mid warm-up: half the lr it was heading to
+                        lr = config.lr * 0.5
                     net.load_state_dict(best_state)
                     optimiser = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=config.weight_decay)
                     history["rollbacks"].append({"epoch": epoch, "lr": lr})
+                    attempt_steps = max(attempt_steps, config.warmup_steps)   # no warm-up over the halved lr
             restarts = history.setdefault("restarts", [])
             if (supervised and rebuild is not None and len(restarts) < config.plateau_restarts
                     and epoch + 1 - attempt_start == config.plateau_epochs and best_loss >= config.plateau_loss

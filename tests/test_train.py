@@ -115,6 +115,23 @@ def test_collapse_to_no_pore_is_rolled_back(rollbacks):
     assert float(net.head[0].bias.detach()) > -10            # best (pre-collapse) weights returned
 
 
+def test_rollback_during_warmup_ends_it_at_half_the_target_lr():
+    train, val = [_toy(1)], [_toy(3)]
+    torch.manual_seed(0)
+    net = build("unet", scale=0.125)
+
+    def kill(epoch, losses):
+        if epoch == 0:
+            with torch.no_grad():
+                net.head[0].bias.fill_(-1e4)
+
+    cfg = _cfg(max_epochs=3, lr=1e-3, samples_per_volume=8, batch_size=4, warmup_steps=100)
+    _, hist = fit(net, "unet", train, val, cfg, progress=False, seed=0, on_epoch=kill)
+    assert hist["lr"][:2] == pytest.approx([2e-5, 4e-5])     # 2 and 4 of 100 warm-up steps
+    assert hist["rollbacks"] == [{"epoch": 1, "lr": pytest.approx(5e-4)}]
+    assert hist["lr"][2] == pytest.approx(5e-4)               # the warm-up does not overwrite it
+
+
 def test_warmup_raises_the_learning_rate_linearly():
     """8 patches of one scan in batches of 4: 2 steps per epoch, so 4 warm-up steps end after epoch 1."""
     train, val = [_toy(1)], [_toy(3)]
