@@ -49,10 +49,10 @@ class TrainConfig:
     amp : mixed precision on CUDA (ignored on CPU).
     weight_decay : Adam weight decay (0 in the paper).
     grad_clip : max gradient norm, or None.
-    collapse_rollbacks : supervised nets only: how many times a collapse to "no pore anywhere" (validation
-        Focal Tversky loss ≥ 0.999, i.e. TI ≈ 0: the sigmoid saturated, its gradient vanished and training
-        cannot recover by itself) is undone by reloading the best weights, resetting Adam and halving the
-        learning rate (0: never). Measured on the quick scans: unclipped UNets at lr 1e-3 collapsed in 3 of 5 runs.
+    collapse_rollbacks : supervised nets only: how many times per attempt (see the plateau restarts) a
+        collapse to "no pore anywhere" (validation Focal Tversky loss ≥ 0.999, i.e. TI ≈ 0: the sigmoid
+        saturated, its gradient vanished and training cannot recover by itself) is undone by reloading the
+        best weights, resetting Adam and halving the learning rate (0: never). Measured on the quick scans: unclipped UNets at lr 1e-3 collapsed in 3 of 5 runs.
     warmup_steps : the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over the first
         ``warmup_steps`` optimiser steps of every attempt (0: constant, the paper).
     plateau_restarts, plateau_epochs, plateau_loss : supervised nets, and only when ``fit`` gets a ``rebuild``
@@ -352,9 +352,9 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                     _save(best_state, ckpt / "best.pt")
             else:
                 wait += 1
+                attempt_rollbacks = [r for r in history.setdefault("rollbacks", []) if r["epoch"] >= attempt_start]
                 if (supervised and val_loss >= COLLAPSED_LOSS and best_state is not None
-                        and best_loss < COLLAPSED_LOSS and len(history.setdefault("rollbacks", []))
-                        < config.collapse_rollbacks):
+                        and best_loss < COLLAPSED_LOSS and len(attempt_rollbacks) < config.collapse_rollbacks):
                     # collapse to an empty prediction: back to the best weights, fresh Adam, half the lr
                     lr = optimiser.param_groups[0]["lr"] * 0.5
                     if attempt_steps < config.warmup_steps:   # mid warm-up: half the lr it was heading to

@@ -177,6 +177,29 @@ def test_plateau_restart_starts_again_from_fresh_weights(fresh):
     assert no_factory["restarts"] == []
 
 
+def test_a_restarted_attempt_gets_its_own_rollbacks():
+    """Attempt 0 uses its one rollback, then restarts; the fresh net collapses too and is rolled back again."""
+    train, val = [_toy(1)], [_toy(3)]
+    torch.manual_seed(0)
+    nets = [build("unet", scale=0.125)]
+
+    def rebuild(k):
+        nets.append(build("unet", scale=0.125))
+        return nets[-1]
+
+    def kill(epoch, losses):          # saturate the current net after epochs 0 and 2
+        if epoch in (0, 2):
+            with torch.no_grad():
+                nets[-1].head[0].bias.fill_(-1e4)
+
+    cfg = _cfg(max_epochs=5, lr=1e-3, collapse_rollbacks=1, plateau_epochs=2, plateau_loss=0.0,
+               plateau_restarts=1)
+    _, hist = fit(nets[0], "unet", train, val, cfg, progress=False, seed=0, on_epoch=kill, rebuild=rebuild)
+    assert [r["epoch"] for r in hist["restarts"]] == [1] and len(nets) == 2
+    assert [r["epoch"] for r in hist["rollbacks"]] == [1, 3]
+    assert hist["val_loss"][4] < 0.999                      # the second attempt trains on after its rollback
+
+
 def test_checkpoints_and_resume(tmp_path):
     train, val = [_toy(1)], [_toy(3)]
     ck = tmp_path / "ck"
