@@ -122,11 +122,11 @@ def anomaly_map(x, x_hat, *, out=None, residual: str = "abs", smooth: float = 0.
     return out
 
 
-def interior_mask(scan, skin: int = DEFAULT_SKIN, *, part=None, progress: bool = False) -> np.ndarray | None:
+def interior_mask(scan, skin: int = DEFAULT_SKIN, *, progress: bool = False) -> np.ndarray | None:
     """Voxels of the part more than ``skin`` voxels below its surface (bool), or ``None`` when ``skin`` is 0.
 
     The part is Algorithm 1's watertight object mask (Otsu threshold, flood fill of the low voxels from a
-    corner: ``porelab.labels.object_mask``) computed on the raw ``scan`` itself, unless ``part`` is given.
+    corner: ``porelab.labels.object_mask``) computed on the raw ``scan`` itself.
     It is eroded by a ball of radius ``skin`` (``scipy.ndimage.binary_erosion``; the scan's border counts
     as part, so a part cut by the field of view is not eroded there).
 
@@ -151,10 +151,9 @@ def interior_mask(scan, skin: int = DEFAULT_SKIN, *, part=None, progress: bool =
     from scipy.ndimage import binary_erosion
     from skimage.morphology import ball
 
-    if part is None:
-        from porelab.labels import object_mask
+    from porelab.labels import object_mask
 
-        part = object_mask(np.asarray(scan), progress=progress)
+    part = object_mask(np.asarray(scan), progress=progress)
     return binary_erosion(part, structure=ball(skin).astype(bool), border_value=1)
 
 

@@ -52,7 +52,8 @@ class TrainConfig:
     collapse_rollbacks : supervised nets only: how many times per attempt (see the plateau restarts) a
         collapse to "no pore anywhere" (validation Focal Tversky loss ≥ 0.999, i.e. TI ≈ 0: the sigmoid
         saturated, its gradient vanished and training cannot recover by itself) is undone by reloading the
-        best weights, resetting Adam and halving the learning rate (0: never). Measured on the quick scans: unclipped UNets at lr 1e-3 collapsed in 3 of 5 runs.
+        best weights, resetting Adam and halving the learning rate (0: never). Measured on the quick scans:
+        unclipped UNets at lr 1e-3 collapsed in 3 of 5 runs.
     warmup_steps : the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over the first
         ``warmup_steps`` optimiser steps of every attempt (0: constant, the paper).
     plateau_restarts, plateau_epochs, plateau_loss : supervised nets, and only when ``fit`` gets a ``rebuild``
@@ -219,8 +220,8 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
     (net, history)
         ``net`` with the best epoch's weights, in eval mode; ``history`` a dict with lists ``train_loss``,
         ``val_loss``, ``seconds`` (per epoch) and ``best_epoch``, ``best_val_loss``, ``stopped_early``,
-        ``epochs``, ``device``, ``resumed_from``, ``lr`` (at the end of every epoch), ``rollbacks``, ``restarts`` (epoch and best loss of
-        every plateau restart).
+        ``epochs``, ``device``, ``resumed_from``, ``lr`` (at the end of every epoch), ``rollbacks``,
+        ``restarts`` (epoch and best loss of every plateau restart).
     """
     import torch
 
@@ -356,9 +357,9 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                 if (supervised and val_loss >= COLLAPSED_LOSS and best_state is not None
                         and best_loss < COLLAPSED_LOSS and len(attempt_rollbacks) < config.collapse_rollbacks):
                     # collapse to an empty prediction: back to the best weights, fresh Adam, half the lr
-                    lr = optimiser.param_groups[0]["lr"] * 0.5
-                    if attempt_steps < config.warmup_steps:   # mid warm-up: half the lr it was heading to
-                        lr = config.lr * 0.5
+                    # half the rate the attempt runs at (mid warm-up: the one it was heading to)
+                    current = optimiser.param_groups[0]["lr"]
+                    lr = 0.5 * (config.lr if attempt_steps < config.warmup_steps else current)
                     net.load_state_dict(best_state)
                     optimiser = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=config.weight_decay)
                     history["rollbacks"].append({"epoch": epoch, "lr": lr})
