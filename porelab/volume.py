@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,9 +181,24 @@ def _finite_nonconstant(sample: np.ndarray):
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise ScanError(f"{path}: no such file or folder")
-    if path.is_file() and path.stat().st_size == 0:
+    """Refuse a missing path, an empty file and anything that is neither a regular file nor a folder.
+
+    Runs before any reader opens ``path``: opening a FIFO blocks until a writer appears, and a device or
+    socket is not a scan either.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ScanError(f"{path}: no such file or folder") from None
+    except OSError as exc:
+        raise ScanError(f"{path}: cannot access ({_short(exc)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a special file")
+        raise ScanError(f"{path}: is {kind}, not a regular file; give a scan file or a folder of slices")
+    if st.st_size == 0:
         raise ScanError(f"{path}: file is empty")
 
 
