@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from porelab.errors import ConfigError, ModelError
-from porelab.normalise import Normalisation
+from porelab.normalise import Normalisation, fill_nonfinite
 
 FORMAT = "porelab-model/1"
 MODEL_JSON = "model.json"
@@ -165,10 +165,13 @@ class PoreModel:
         if self.kind != "unsupervised":
             raise ConfigError(f"{self.name} is supervised: it has no reconstruction")
         device = get_device(device) if not hasattr(device, "type") else device
-        fn = self._patch_fn(self.normalisation.refit(scan), device)
-        return predict_volume(fn, scan, patch=self.patch, overlap=self.overlap, batch_size=self.batch_size,
-                              weighting=self.weighting, progress=progress, device=device,
-                              desc=f"{self.name} reconstruction")
+        norm = self.normalisation.refit(scan)
+        scan, missing, _ = fill_nonfinite(scan)
+        fn = self._patch_fn(norm, device)
+        x_hat = predict_volume(fn, scan, patch=self.patch, overlap=self.overlap, batch_size=self.batch_size,
+                               weighting=self.weighting, progress=progress, device=device,
+                               desc=f"{self.name} reconstruction")
+        return _mark_missing(x_hat, missing)
 
     def _patch_fn(self, norm: Normalisation, device):
         from porelab.infer_opt import cached_inference_net
@@ -197,7 +200,13 @@ class PoreModel:
         Supervised nets: the aggregated probability. Unsupervised nets: ``A = |x − x̂|`` (``residual="abs"``)
         or ``max(0, x̂ − x)`` (``"dark"``) on the normalised scan, then (``postprocess``) ``A_pores = max(0, A − λ* G_σ*(D))`` (Iuso et al. 2024, eq. (2)-(3)).
         ``out`` (e.g. an ``np.memmap``) receives the score of supervised nets without a full-volume copy.
-        With ``return_info`` a dict (normalisation levels, λ*, σ*) is returned too.
+        With ``return_info`` a dict (normalisation levels, λ*, σ*, ``nonfinite_voxels``) is returned too.
+
+        NaN/±inf voxels of ``scan`` are missing data: they are filled from their finite neighbours
+        (``porelab.normalise.fill_nonfinite``) before the normalisation, the net, the surface compensation
+        and the skin's object mask see the scan, and the score is NaN exactly there (so ``score >= t`` is
+        False: no pore is reported at a missing voxel). Their count is ``info["nonfinite_voxels"]``. A scan
+        without any finite voxel raises ``ScanError``.
         """
         from porelab.patches import predict_volume
         from porelab.runtime import get_device
@@ -205,7 +214,10 @@ class PoreModel:
         if np.ndim(scan) != 3:
             raise ConfigError(f"predict needs a 3-D scan (z, y, x), got shape {np.shape(scan)}")
         device = get_device(device) if not hasattr(device, "type") else device
+        # the levels come from the finite voxels only (Normalisation.fit skips the others); every later step
+        # sees the filled scan, and the missing voxels get a NaN score at the end
         norm = self.normalisation.refit(scan)
+        scan, missing, n_missing = fill_nonfinite(scan)
         info = {"air": norm.air, "material": norm.material}
         fn = self._patch_fn(norm, device)
         kw = {"patch": self.patch, "overlap": self.overlap, "batch_size": self.batch_size,
@@ -232,6 +244,8 @@ class PoreModel:
 
             apply_skin(score, interior_mask(scan, self.skin))
         info["skin"] = self.skin
+        info["nonfinite_voxels"] = n_missing
+        score = _mark_missing(score, missing)
         return (score, info) if return_info else score
 
     def segment(self, scan: np.ndarray, progress: bool = False, *, threshold: float | None = None):
@@ -302,6 +316,16 @@ class PoreModel:
         return dataclasses.replace(self, **changes)
 
 
+def _mark_missing(score: np.ndarray, missing: np.ndarray | None) -> np.ndarray:
+    """``score`` with NaN at the ``missing`` voxels, in place, slab by slab (memmaps too)."""
+    if missing is not None:
+        for z in range(0, len(score), 16):
+            block = missing[z:z + 16]
+            if block.any():
+                score[z:z + 16][block] = np.nan
+    return score
+
+
 #: percentile of the score inside the object used when no labels exist (unsupervised nets)
 UNLABELLED_PERCENTILE = 99.0
 
@@ -315,15 +339,21 @@ def choose_threshold(score: np.ndarray, truth: np.ndarray | None = None, *, kind
     * no labels, unsupervised: the ``UNLABELLED_PERCENTILE``-th percentile of the score inside
       ``object_mask`` (or the whole scan).
     """
+    score = np.asarray(score)
+    # missing voxels (a NaN score, see PoreModel.predict) take no part in choosing the threshold
+    finite = np.isfinite(score)
+    known = finite if object_mask is None else finite & np.asarray(object_mask, bool)
     if truth is not None and np.any(truth):
         from porelab.metrics import best_f1_threshold
 
-        thr = best_f1_threshold(score, np.asarray(truth) > 0, mask=object_mask)
+        thr = best_f1_threshold(score, np.asarray(truth) > 0, mask=None if known.all() else known)
         thr = thr[0] if isinstance(thr, tuple) else thr
         return float(thr), "f1-optimal on labelled validation scan"
     if kind == "supervised":
         return 0.5, "probability 0.5 (no labels)"
-    values = np.asarray(score)[np.asarray(object_mask, bool)] if object_mask is not None else np.ravel(score)
+    values = score[known]
+    if values.size == 0:
+        raise ConfigError("cannot choose a threshold: no finite score inside the object")
     return float(np.percentile(values, UNLABELLED_PERCENTILE)), f"{UNLABELLED_PERCENTILE:g}th percentile in object"
 
 

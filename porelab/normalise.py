@@ -40,6 +40,70 @@ def subsample(array: np.ndarray, n: int) -> tuple[np.ndarray, tuple[int, int, in
     return np.asarray(array[sl]), steps
 
 
+def count_nonfinite(scan: np.ndarray, *, chunk: int = 16) -> int:
+    """Number of NaN/±inf voxels of ``scan`` (0 for integer and boolean dtypes), ``chunk`` slices at a time."""
+    if not np.issubdtype(np.asarray(scan).dtype, np.floating):
+        return 0
+    return sum(int(np.count_nonzero(~np.isfinite(np.asarray(scan[z:z + chunk]))))
+               for z in range(0, len(scan), chunk))
+
+
+def fill_nonfinite(scan: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """``(filled, missing, n)``: ``scan`` with its NaN/±inf voxels replaced, where they were, and how many.
+
+    A scan without non-finite voxels is returned as it is (no copy; ``missing`` is None, ``n`` 0). Otherwise
+    ``filled`` is a float32 copy (Z, Y, X) in which every non-finite voxel takes the value of the nearest
+    finite voxel of its own z-slice (Euclidean distance, ``scipy.ndimage.distance_transform_edt``), and a
+    slice without any finite voxel is copied from the nearest slice that has some; ``missing`` is the bool
+    mask of the replaced voxels.
+
+    Why the nearest finite value rather than one constant (the median of the finite voxels, or the air
+    level): a missing voxel then looks like its surroundings — metal inside the part, air outside — so the
+    net's input stays in the range and the local texture it was trained on, and nothing new appears that a
+    net or Algorithm 1 would react to. A constant would paint a dark, pore-like blob into the metal (or a
+    bright speck into the air), which the nets score as a pore around the missing voxels, and which moves
+    the Otsu threshold and the flood-filled object mask (the skin suppression and the porosity reference).
+    The scores at the missing voxels themselves carry no information and are set to NaN by the caller
+    (``porelab.model.PoreModel.predict``).
+
+    Memory: the float32 copy and the bool mask (5 bytes per voxel) are only made when something is missing.
+
+    Raises
+    ------
+    ScanError
+        When every voxel is non-finite (nothing to score).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    if np.ndim(scan) != 3:
+        raise ScanError(f"expected a 3-D scan (z, y, x), got shape {np.shape(scan)}")
+    n = count_nonfinite(scan)
+    if n == 0:
+        return scan, None, 0
+    size = int(np.prod(np.shape(scan)))
+    if n == size:
+        raise ScanError(f"every voxel of the scan ({size:,}) is NaN or infinite: nothing to score")
+    filled = np.empty(np.shape(scan), dtype=np.float32)
+    missing = np.zeros(np.shape(scan), dtype=bool)
+    empty = []
+    for z in range(len(scan)):
+        plane = np.asarray(scan[z], dtype=np.float32)
+        bad = ~np.isfinite(plane)
+        missing[z] = bad
+        if not bad.any():
+            filled[z] = plane
+        elif bad.all():
+            empty.append(z)
+        else:
+            idx = distance_transform_edt(bad, return_distances=False, return_indices=True)
+            filled[z] = plane[idx[0], idx[1]]
+    if empty:
+        full = np.setdiff1d(np.arange(len(scan)), empty)
+        for z in empty:
+            filled[z] = filled[full[np.argmin(np.abs(full - z))]]
+    return filled, missing, n
+
+
 @dataclass
 class Normalisation:
     """Linear map of a scan's grey values: ``(v − air) / (material − air) · 0.8``, clipped to ``clip``.
@@ -156,4 +220,4 @@ class Normalisation:
         return cls(**d)
 
 
-__all__ = ["TARGET_MATERIAL", "Normalisation", "subsample"]
+__all__ = ["TARGET_MATERIAL", "Normalisation", "count_nonfinite", "fill_nonfinite", "subsample"]
