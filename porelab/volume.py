@@ -294,6 +294,7 @@ def _read_tiff_folder(path: Path):
 
 
 def _read_npy(path: Path, mmap: bool):
+    _check_npy(path)
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes readers raise anything
@@ -311,14 +312,23 @@ def _read_npy(path: Path, mmap: bool):
 def _read_sitk(path: Path):
     import SimpleITK as sitk
 
+    # The header's promise is checked against the bytes present before SimpleITK allocates the array:
+    # it would allocate the full size for any header, and zero-fills a truncated NIfTI without a word.
     if _suffix(path) in (".nii", ".nii.gz"):
-        _check_nifti_length(path)  # SimpleITK zero-fills a truncated NIfTI without a word
+        _check_nifti_length(path)
+    elif _suffix(path) == ".nrrd":
+        _check_nrrd(path)
+    else:
+        _check_metaimage(path)
     try:
         with _quiet_stderr():  # ITK's MetaIO prints its own complaints on stderr; ours is the one line
             image = sitk.ReadImage(str(path))
             array = sitk.GetArrayFromImage(image)
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes readers raise anything
         text = str(exc)
+        if "No such file or directory" in text:  # MetaIO's words for any data it cannot read
+            raise ScanError(f"{path}: truncated or unreadable {_suffix(path)} file (SimpleITK could not "
+                            "read its data)") from None
         text = text.split("ITK ERROR:")[-1].split(":", 1)[-1] if "ITK ERROR:" in text else text
         raise ScanError(f"{path}: not readable as {_suffix(path)} ({_short(Exception(text))})") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -364,7 +374,8 @@ def _quiet_stderr():
 def _check_nifti_length(path: Path) -> None:
     """Raise ScanError when a NIfTI-1/2 file (plain or gzipped) holds fewer voxel bytes than its header says.
 
-    The gzipped file is streamed in 16 MB blocks, so memory stays flat and a truncated gzip stream is caught.
+    A plain file is judged by its size; a gzipped one is decompressed in 16 MB blocks (memory stays flat)
+    after a quick test that deflate could expand it to the promised size at all.
     """
     import gzip
     import struct
@@ -390,16 +401,227 @@ def _check_nifti_length(path: Path) -> None:
                 bitpix = struct.unpack(order + "h", head[14:16])[0]
                 offset = struct.unpack(order + "q", head[168:176])[0]
             ndim = max(1, min(int(dims[0]), 7))
-            expected = offset + int(np.prod([max(1, d) for d in dims[1:ndim + 1]], dtype=np.int64)) * bitpix // 8
-            total = len(head)
-            while block := f.read(1 << 24):
-                total += len(block)
+            expected = max(offset, 0) + math.prod(max(1, int(d)) for d in dims[1:ndim + 1]) * max(bitpix, 0) // 8
     except ScanError:
         raise
     except (OSError, EOFError, struct.error) as exc:
         raise ScanError(f"{path}: truncated or corrupt NIfTI file ({_short(exc)})") from None
-    if total < expected:
-        raise ScanError(f"{path}: truncated NIfTI file: {total} bytes, header needs {expected}")
+    _check_layout(path, expected, codec="gzip" if _suffix(path) == ".nii.gz" else "raw")
+
+
+def _truncated(path: Path, promised: int, found: int, detail: str = "") -> ScanError:
+    """The one-line error for a file that holds fewer bytes than its header says."""
+    extra = f" ({detail})" if detail else ""
+    return ScanError(f"{path}: truncated or unreadable: header promises {promised} bytes, "
+                     f"file holds {found}{extra}")
+
+
+# Largest expansion of a valid deflate stream (zlib, gzip): 258 output bytes per 2 bits, about 1032:1.
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _inflated_size(path: Path, start: int, codec: str, promised: int) -> int:
+    """Number of bytes the compressed stream at ``start`` of ``path`` decompresses to, read in 16 MB blocks.
+
+    ``codec`` is ``"gzip"``, ``"zlib"`` (zlib or gzip framing) or ``"bz2"``. Memory stays at one block
+    whatever the size; a deflate stream too short to reach ``promised`` bytes even at deflate's maximum
+    ratio is rejected without decompressing, and a stream cut short raises ScanError.
+    """
+    import bz2
+    import gzip
+    import zlib
+
+    compressed = path.stat().st_size - start
+    if codec != "bz2" and promised > compressed * _DEFLATE_MAX_RATIO + (1 << 16):
+        raise _truncated(path, promised, compressed,
+                         f"{codec}-compressed; deflate expands at most {_DEFLATE_MAX_RATIO}-fold")
+    total = 0
+    try:
+        with open(path, "rb") as raw:
+            raw.seek(start)
+            if codec == "zlib":
+                d = zlib.decompressobj(47)  # 32 + 15: accept zlib or gzip framing
+                while chunk := raw.read(1 << 24):
+                    while chunk:
+                        total += len(d.decompress(chunk, 1 << 24))
+                        chunk = d.unconsumed_tail
+                    if d.eof:
+                        break
+                if not d.eof:
+                    raise EOFError("compressed stream ends before its end marker")
+            else:
+                stream = gzip.GzipFile(fileobj=raw) if codec == "gzip" else bz2.BZ2File(raw)
+                with stream:
+                    while block := stream.read(1 << 24):
+                        total += len(block)
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise _truncated(path, promised, total, f"{codec} stream broken after {total} bytes: {_short(exc)}") from None
+    return total
+
+
+def _check_layout(path: Path, promised: int, *, start: int = 0, codec: str = "raw", at_end: bool = False,
+                  what: str = "") -> None:
+    """Raise ScanError unless ``path`` holds the ``promised`` data bytes after ``start``.
+
+    ``codec``: ``raw`` (file size), ``gzip``/``zlib``/``bz2`` (decompressed size, streamed),
+    ``text`` (at least one digit and one separator per value: ``promised`` counts values) or
+    ``hex`` (two characters per byte). ``at_end``: the data are the last ``promised`` bytes of the file.
+    """
+    size = path.stat().st_size
+    if codec == "raw":
+        found = size if at_end else size - start
+        if found < promised:
+            raise _truncated(path, promised + (0 if at_end else start), size, what)
+    elif codec in ("gzip", "zlib", "bz2"):
+        found = _inflated_size(path, start, codec, promised)
+        if found < promised:
+            raise _truncated(path, promised, found, f"after {codec} decompression")
+    elif codec == "text" and size - start < 2 * promised - 1:
+        raise _truncated(path, 2 * promised - 1 + start, size, f"{promised} values as text")
+    elif codec == "hex" and size - start < 2 * promised:
+        raise _truncated(path, 2 * promised + start, size, "hex-encoded")
+
+
+def _data_file(header: Path, name: str) -> Path:
+    """The data file a detached header names (relative to the header's folder), checked to be readable."""
+    data = Path(name) if Path(name).is_absolute() else header.parent / name
+    if not data.exists():
+        raise ScanError(f"{header}: data file {data} named in the header does not exist")
+    _check_file(data)
+    return data
+
+
+_NRRD_SIZES = {1: "signed char|int8|int8_t|uchar|unsigned char|uint8|uint8_t",
+               2: "short|short int|signed short|signed short int|int16|int16_t|ushort|unsigned short|"
+                  "unsigned short int|uint16|uint16_t",
+               4: "int|signed int|int32|int32_t|uint|unsigned int|uint32|uint32_t|float",
+               8: "longlong|long long|long long int|signed long long|signed long long int|int64|int64_t|"
+                  "ulonglong|unsigned long long|unsigned long long int|uint64|uint64_t|double"}
+_NRRD_ITEMSIZE = {name: size for size, names in _NRRD_SIZES.items() for name in names.split("|")}
+
+
+def _read_text_header(path: Path, stop) -> tuple[list[str], int]:
+    """Lines of a text header up to and including the line for which ``stop(line)`` is true (or EOF), and
+    the byte offset just after it. Reads at most 1 MB, so a binary file is not scanned to its end."""
+    lines: list[str] = []
+    with open(path, "rb") as f:
+        while f.tell() < (1 << 20):
+            raw = f.readline(1 << 16)
+            if not raw:
+                break
+            line = raw.decode("latin-1").rstrip("\r\n")
+            lines.append(line)
+            if stop(line):
+                break
+        return lines, f.tell()
+
+
+def _check_nrrd(path: Path) -> None:
+    """Compare an NRRD header's sizes × type with the data present (attached or ``data file``), before
+    SimpleITK allocates the array. Multi-file data (``LIST`` or a file pattern) are left to SimpleITK."""
+    lines, end = _read_text_header(path, lambda line: line.strip() == "")
+    if not lines or not lines[0].startswith("NRRD000"):
+        return  # not an NRRD header: SimpleITK's own message follows
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        if line.startswith("#") or ":=" in line or ":" not in line:
+            continue
+        key, value = line.split(":", 1)
+        fields.setdefault(key.strip().lower(), value.strip())
+    try:
+        sizes = [int(s) for s in fields["sizes"].split()]
+        kind = " ".join(fields["type"].lower().split())
+        itemsize = int(fields["block size"]) if kind == "block" else _NRRD_ITEMSIZE[kind]
+        skip = int(fields.get("byte skip", "0"))
+    except (KeyError, ValueError):
+        return  # an incomplete header: SimpleITK names the missing field
+    values = math.prod(sizes)
+    data, start = path, end
+    name = fields.get("data file", fields.get("datafile"))
+    if name is not None:
+        if name.split()[0] == "LIST" or len(name.split()) > 1:
+            return
+        data, start = _data_file(path, name), 0
+    encoding = fields.get("encoding", "raw").lower()
+    codec = {"raw": "raw", "gz": "gzip", "gzip": "gzip", "bz2": "bz2", "bzip2": "bz2", "txt": "text",
+             "text": "text", "ascii": "text", "hex": "hex"}.get(encoding)
+    if codec is None:
+        return
+    if codec == "text":
+        _check_layout(data, values, start=start, codec="text")
+    elif codec == "raw" and skip == -1:
+        _check_layout(data, values * itemsize, codec="raw", at_end=True)
+    elif codec == "raw":
+        _check_layout(data, values * itemsize, start=start + max(skip, 0))
+    else:  # a byte skip in a compressed file counts decompressed bytes
+        _check_layout(data, values * itemsize + max(skip, 0), start=start, codec=codec)
+
+
+# MetaIO element sizes (MET_LONG/MET_ULONG are 4 bytes in MetaIO); *_ARRAY variants have the same size.
+_MET_ITEMSIZE = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_ASCII_CHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2,
+                 "MET_INT": 4, "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8,
+                 "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _check_metaimage(path: Path) -> None:
+    """Compare a MetaImage (.mha/.mhd) header's DimSize × ElementType with the data present (LOCAL or a
+    data file, raw or zlib-compressed), before SimpleITK allocates the array. ``LIST`` and file patterns
+    are left to SimpleITK."""
+    lines, end = _read_text_header(path, lambda line: line.split("=", 1)[0].strip().lower() == "elementdatafile")
+    fields: dict[str, str] = {}
+    for line in lines:
+        if "=" in line:
+            key, value = line.split("=", 1)
+            fields.setdefault(key.strip().lower(), value.strip())
+    if "elementdatafile" not in fields:
+        return  # not a MetaImage header: SimpleITK's own message follows
+    try:
+        ndims = int(fields["ndims"])
+        sizes = [int(s) for s in fields["dimsize"].split()[:ndims]]
+        itemsize = _MET_ITEMSIZE[fields["elementtype"].upper().removesuffix("_ARRAY")]
+        channels = int(fields.get("elementnumberofchannels", "1"))
+        skip = int(fields.get("headersize", "0"))
+    except (KeyError, ValueError):
+        return  # an incomplete header: SimpleITK names the missing field
+    values = math.prod(sizes) * channels
+    name = fields["elementdatafile"]
+    data, start = path, end
+    if name.upper() != "LOCAL":
+        if name.split()[0].upper() == "LIST" or "%" in name:
+            return
+        data, start = _data_file(path, name), max(skip, 0)
+    if fields.get("compresseddata", "false").lower() == "true":
+        _check_layout(data, values * itemsize, start=start, codec="zlib")
+    elif fields.get("binarydata", "true").lower() == "false":
+        _check_layout(data, values, start=start, codec="text")
+    elif skip == -1:
+        _check_layout(data, values * itemsize, codec="raw", at_end=True)
+    else:
+        _check_layout(data, values * itemsize, start=start)
+
+
+def _check_npy(path: Path) -> None:
+    """Check the .npy signature, header and size before ``np.load`` (which would take text for a pickle,
+    and without a memory map would allocate the whole array before finding the file short)."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+        except ValueError:
+            raise ScanError(f"{path}: not a NumPy .npy file (it does not start with the .npy signature)") from None
+        try:
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                shape, _, dtype = fmt._read_array_header(f, version)
+        except Exception as exc:  # noqa: BLE001 - a corrupt header makes numpy raise anything
+            raise ScanError(f"{path}: not a NumPy .npy file (corrupt header: {_short(exc)})") from None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ScanError(f"{path}: .npy holds Python objects (dtype {dtype}); only numeric arrays are read")
+    _check_layout(path, math.prod(shape) * dtype.itemsize, start=offset, what=f"{list(shape)} x {dtype}")
 
 
 def _sidecar(path: Path) -> dict:
@@ -486,11 +708,13 @@ def _read_raw(path: Path, header: dict, header_path: Path, mmap: bool):
     offset = int(header.get("offset", 0))
     data = Path(header.get("data", path))
     _check_file(data)
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = offset + math.prod(shape) * dtype.itemsize  # Python ints: no overflow for absurd shapes
     actual = data.stat().st_size
+    if actual < expected:
+        raise _truncated(data, expected, actual, f"{header_path.name}: {list(shape)} x {dtype.name} + {offset}")
     if actual != expected:
-        raise ScanError(f"{data}: file has {actual} bytes but header {header_path.name} says "
-                        f"{list(shape)} x {dtype.name} (+{offset}) = {expected} bytes")
+        raise ScanError(f"{data}: file holds {actual} bytes but header {header_path.name} promises "
+                        f"{list(shape)} x {dtype.name} + {offset} = {expected} bytes")
     array = np.memmap(data, dtype=dtype, mode="r", offset=offset, shape=shape)
     if not mmap:
         array = np.array(array)
