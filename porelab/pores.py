@@ -69,7 +69,32 @@ def _as_bool(mask) -> np.ndarray:
 
     if not hasattr(mask, "ndim") or mask.ndim != 3:
         raise ScanError(f"pore analysis needs a 3-D (z, y, x) mask, got shape {getattr(mask, 'shape', None)}")
-    return mask if mask.dtype == bool else np.asarray(mask) != 0
+    if mask.dtype == bool:
+        return mask
+    if np.issubdtype(mask.dtype, np.floating) and not np.isfinite(mask).all():
+        raise ScanError("pore mask contains NaN or infinite values; a mask is boolean or 0/1")
+    return np.asarray(mask) != 0
+
+
+def _check_spacing(spacing) -> tuple[float, float, float]:
+    """Three finite voxel sizes > 0 (mm, z y x), else a one-line ``ConfigError``."""
+    from porelab.errors import ConfigError
+
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise ConfigError(f"spacing {spacing!r} is not three numbers (z, y, x) in mm") from None
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"spacing {list(values)} must be three finite numbers > 0 (z, y, x) in mm")
+    return values
+
+
+def _object_from_scan(scan, progress: bool = False):
+    """Algorithm 1's watertight object of ``scan``, its NaN/inf voxels filled from finite neighbours first."""
+    from porelab.labels import object_mask as _object_mask
+    from porelab.normalise import fill_nonfinite
+
+    return _object_mask(fill_nonfinite(scan)[0], progress=progress)
 
 
 def _crop_box(m: np.ndarray) -> tuple[slice, slice, slice] | None:
@@ -149,7 +174,7 @@ def pore_table(mask, *, spacing=(1.0, 1.0, 1.0), object_mask=None, score=None,
     from porelab.errors import ScanError
 
     m = _as_bool(mask)
-    sz, sy, sx = (float(s) for s in spacing)
+    sz, sy, sx = _check_spacing(spacing)
     box = _crop_box(m)
     if box is None:
         return []
@@ -257,8 +282,8 @@ def pore_table(mask, *, spacing=(1.0, 1.0, 1.0), object_mask=None, score=None,
             "axis_minor_mm": float(axes[i, 2]),
             "aspect_ratio": float(axes[i, 0] / axes[i, 2]) if axes[i, 2] > 0 else None,
             "distance_to_surface_mm": _num(dist[i]) if dist is not None else None,
-            "score_mean": float(smean[i]) if smean is not None else None,
-            "score_max": float(smax[i]) if smax is not None else None,
+            "score_mean": _num(smean[i]) if smean is not None else None,
+            "score_max": _num(smax[i]) if smax is not None else None,
         })
     return rows
 
@@ -283,11 +308,9 @@ def summarise(mask, *, spacing=(1.0, 1.0, 1.0), object_mask=None, volume=None, t
     given, else every voxel. ``table`` (from :func:`pore_table`) avoids recomputing the table.
     """
     m = _as_bool(mask)
-    spacing = tuple(float(s) for s in spacing)
+    spacing = _check_spacing(spacing)
     if object_mask is None and volume is not None:
-        from porelab.labels import object_mask as _object_mask
-
-        object_mask = _object_mask(volume)
+        object_mask = _object_from_scan(volume)
         reference = "watertight object from the scan (Algorithm 1 steps 6-8)"
     elif object_mask is not None:
         reference = "watertight object (given object mask)"
@@ -365,15 +388,13 @@ def write_report(mask, out_dir, *, volume=None, spacing=None, object_mask=None, 
             spacing = volume.spacing
         else:
             spacing, known = (1.0, 1.0, 1.0), False
-    spacing = tuple(float(s) for s in spacing)
+    spacing = _check_spacing(spacing)
     if scan is not None and tuple(scan.shape) != m.shape:
         from porelab.errors import ScanError
 
         raise ScanError(f"scan shape {tuple(scan.shape)} differs from the mask's {m.shape}")
     if object_mask is None and scan is not None:
-        from porelab.labels import object_mask as _object_mask
-
-        object_mask = _object_mask(scan, progress=progress)
+        object_mask = _object_from_scan(scan, progress=progress)
         reference_from_scan = True
     else:
         reference_from_scan = False

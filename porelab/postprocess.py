@@ -152,13 +152,17 @@ def interior_mask(scan, skin: int = DEFAULT_SKIN, *, progress: bool = False) -> 
     from skimage.morphology import ball
 
     from porelab.labels import object_mask
+    from porelab.normalise import fill_nonfinite
 
-    part = object_mask(np.asarray(scan), progress=progress)
+    # NaN/inf voxels would fall on neither side of Otsu's threshold and break the flood fill: fill them first
+    part = object_mask(fill_nonfinite(np.asarray(scan))[0], progress=progress)
     return binary_erosion(part, structure=ball(skin).astype(bool), border_value=1)
 
 
 def apply_skin(score: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
-    """``score`` set to 0 outside ``keep`` (:func:`interior_mask`), in place, slab by slab (memmaps too)."""
+    """``score`` set to 0 outside ``keep`` (:func:`interior_mask`), in place, slab by slab (memmaps too).
+
+    A NaN score (a missing voxel) stays NaN."""
     if keep is None:
         return score
     if np.shape(keep) != np.shape(score):
@@ -238,7 +242,8 @@ def surface_compensation(A, V_hat, *, sigmas=None, mask=None, n_sample: int = DE
     Parameters
     ----------
     A : array_like float (z, y, x)
-        Anomaly score ``|x − x̂|`` (see :func:`anomaly_map`); may be a memmap. Not modified.
+        Anomaly score ``|x − x̂|`` (see :func:`anomaly_map`); may be a memmap. Not modified. NaN voxels
+        (missing data) are left out of the fit and stay NaN in ``A_pores``.
     V_hat : array_like float (z, y, x)
         The reconstruction x̂ (same shape). Not modified.
     sigmas : sequence of float, optional
@@ -295,6 +300,11 @@ def surface_compensation(A, V_hat, *, sigmas=None, mask=None, n_sample: int = DE
     G = np.empty(shape, dtype=np.float32) if out is None else out
     idx = _sample_indices(shape, mask, n_sample, seed)
     a_s = _take(A, idx)
+    finite = np.isfinite(a_s)
+    if not finite.all():  # missing voxels (NaN score) take no part in the fit; they stay NaN in the result
+        idx, a_s = idx[finite], a_s[finite]
+        if idx.size == 0:
+            raise ValueError("surface_compensation: no finite anomaly score to fit")
 
     tried: dict[float, tuple[float, float]] = {}
 
