@@ -5,7 +5,12 @@ forward/backward peak memory, MACs of one forward pass, and the total MACs to in
 
 How each figure is measured here
 --------------------------------
-* **params** — trainable parameters (``requires_grad``), buffers excluded.
+* **params** — every parameter tensor of the net (``net.parameters()``), trainable or not, buffers
+  excluded: what Table 8's "# Parameters" counts. The vqVAE's codebook and its EMA sum accumulator
+  (2 × 512 × 64 at scale 1) are parameters that the EMA update changes, not the optimiser, and Table 8's
+  2.511 M includes them.
+* **trainable_params** — the parameters with ``requires_grad`` (what the optimiser updates); equal to
+  ``params`` for every net but the vqVAE.
 * **macs** — one forward pass in eval mode (the inference path), counted by PyTorch's own
   ``torch.utils.flop_counter.FlopCounterMode`` (MACs = its FLOPs / 2). It counts every convolution
   (1/2/3-D, grouped, transposed: input-spatial × C_in × C_out/groups × kernel volume) and every matrix
@@ -15,8 +20,9 @@ How each figure is measured here
   biases are not counted (as in thop/ptflops). Why not thop/ptflops/fvcore: none is installed, and each
   counted ``ConvTranspose`` wrongly for years (fixed in thop 2.0.16 and ptflops in Aug 2025, fvcore PR #80
   still open); torch's counter ships with torch and works on the *meta* device, so a 384 M-parameter net
-  is counted in well under a second without allocating its weights. :func:`count_macs_hooks` implements the
-  brief's module-hook formulas and is used by the tests to cross-check the counter.
+  is counted in well under a second without allocating its weights. :func:`count_macs_hooks` counts the
+  same MACs with forward hooks on ``nn.Conv3d``/``nn.ConvTranspose3d``/``nn.Linear`` (the formulas thop and
+  ptflops use); the tests use it to cross-check the counter.
 * **fwd_peak_mb / bwd_peak_mb** — on CUDA: ``torch.cuda.max_memory_allocated`` during a training-mode
   forward and then the backward of ``sum(outputs)``, minus the memory held before the forward (weights
   and input), in MiB (2²⁰ bytes). On CPU (and whenever the net runs on the meta device) a deterministic
@@ -46,6 +52,7 @@ __all__ = [
     "count_macs",
     "count_macs_hooks",
     "count_params",
+    "count_trainable_params",
     "grid_positions",
     "measure",
     "memory_estimate",
@@ -100,7 +107,12 @@ def paper_total_macs(macs: float, patch: int = 64, shape=SCAN_SHAPE) -> float:
 
 
 def count_params(net) -> int:
-    """Trainable parameters (Table 8's "# Parameters")."""
+    """Every parameter, trainable or not, buffers excluded (Table 8's "# Parameters")."""
+    return int(sum(p.numel() for p in net.parameters()))
+
+
+def count_trainable_params(net) -> int:
+    """Parameters with ``requires_grad`` (those the optimiser updates)."""
     return int(sum(p.numel() for p in net.parameters() if p.requires_grad))
 
 
@@ -230,7 +242,7 @@ def _build(name: str, scale: float, patch: int, device):
 def measure(name: str, *, patch: int = 64, scale: float = 1.0, scan_shape=SCAN_SHAPE, device=None) -> dict:
     """Table 8 row for net ``name`` at a ``patch``³ input, batch 1, widths × ``scale``.
 
-    Returns ``{name, params, macs, fwd_peak_mb, bwd_peak_mb, total_macs}`` plus ``n_patches``,
+    Returns ``{name, params, trainable_params, macs, fwd_peak_mb, bwd_peak_mb, total_macs}`` plus ``n_patches``,
     ``memory_method`` ("cuda-allocator" or "saved-tensors") and ``seconds``.
     On CUDA the net is built on the GPU and memory is the allocator's; otherwise everything runs on the
     meta device (no weights allocated), falling back to a real CPU forward if the net cannot run on meta.
@@ -261,10 +273,10 @@ def measure(name: str, *, patch: int = 64, scale: float = 1.0, scan_shape=SCAN_S
             method = "saved-tensors (cpu)"
     net.eval()
     macs = count_macs(net, x)
-    params = count_params(net)
+    params, trainable = count_params(net), count_trainable_params(net)
     positions = n_patches(scan_shape, patch)
     return {
-        "name": name, "params": params, "macs": macs, "fwd_peak_mb": fwd / _MIB, "bwd_peak_mb": bwd / _MIB,
+        "name": name, "params": params, "trainable_params": trainable, "macs": macs, "fwd_peak_mb": fwd / _MIB, "bwd_peak_mb": bwd / _MIB,
         "total_macs": macs * positions, "n_patches": positions, "memory_method": method,
         "seconds": time.perf_counter() - t0,
     }

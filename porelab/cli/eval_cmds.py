@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-_KEYS = ("name", "params", "macs", "fwd_peak_mb", "bwd_peak_mb", "total_macs")
+_KEYS = ("name", "params", "trainable_params", "macs", "fwd_peak_mb", "bwd_peak_mb", "total_macs")
 
 
 def _stem(path: Path) -> str:
@@ -107,12 +107,13 @@ def evaluate(score, truth, object_mask, threshold, method, as_json, out_dir):
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Width multiplier of every net (1.0 = the paper's sizes).")
 @click.option("--names", default=None, help="Comma-separated nets (default: all ten), e.g. unet,vae.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, params, macs, fwd_peak_mb, "
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, params, trainable_params, macs, fwd_peak_mb, "
               "bwd_peak_mb, total_macs}.")
 def complexity(patch, scale, names, as_json):
     """Parameters, MACs, peak memory and total MACs of the nets (Iuso et al. 2024, Table 8).
 
-    Per net at one PATCH³ input (batch 1): trainable parameters; MACs of one forward pass (every convolution
+    Per net at one PATCH³ input (batch 1): parameters as Table 8 counts them (params: the vqVAE's codebook
+    included) and those the optimiser trains (trainable_params); MACs of one forward pass (every convolution
     and matrix product); forward/backward peak memory in MiB (the CUDA allocator on a GPU; on CPU the
     tensors a training step keeps: saved activations + outputs, plus parameter gradients for backward);
     total MACs to infer an 800×800×2000 (x, y, z) scan with half-overlapping patches. The human table
