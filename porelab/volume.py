@@ -246,10 +246,11 @@ def _read_tiff(path: Path, mmap: bool):
     import tifffile
 
     try:
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile() as messages, tifffile.TiffFile(path) as tif:
             spacing = _tiff_spacing(tif)
             if not tif.series:
                 raise ScanError(f"{path}: TIFF holds no images")
+            _check_tiff(tif, path, messages)
             if mmap:
                 try:
                     array = tifffile.memmap(path, mode="r")
@@ -271,25 +272,33 @@ def _read_tiff_folder(path: Path):
                     and not p.name.startswith(".")), key=lambda p: _natural_key(p.name))
     if not files:
         raise ScanError(f"{path}: folder holds no .tif/.tiff slices")
-    try:
-        with _quiet_tifffile(), tifffile.TiffFile(files[0]) as tif:
-            spacing = _tiff_spacing(tif)
-            first = tif.asarray()
-    except Exception as exc:  # noqa: BLE001 - a corrupt file makes readers raise anything
-        raise ScanError(f"{files[0]}: not a readable TIFF slice ({_short(exc)})") from None
-    if first.ndim != 2:
-        raise ScanError(f"{files[0]}: slice is {first.ndim}-D with shape {first.shape}; a folder needs 2-D slices")
-    array = np.empty((len(files),) + first.shape, dtype=first.dtype)
-    array[0] = first
-    for i, f in enumerate(files[1:], start=1):
+    # First pass reads only the headers: every slice is checked (shape, type, bytes present) before the
+    # (slices, y, x) array is allocated.
+    shape = dtype = spacing = None
+    for f in files:
         try:
-            with _quiet_tifffile():
-                s = tifffile.imread(f)
+            with _quiet_tifffile() as messages, tifffile.TiffFile(f) as tif:
+                if not tif.series:
+                    raise ScanError(f"{f}: TIFF slice holds no image")
+                _check_tiff(tif, f, messages)
+                s_shape, s_dtype = tuple(tif.series[0].shape), tif.series[0].dtype
+                if shape is None:
+                    spacing, shape, dtype = _tiff_spacing(tif), s_shape, s_dtype
+        except ScanError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a corrupt file makes readers raise anything
             raise ScanError(f"{f}: not a readable TIFF slice ({_short(exc)})") from None
-        if s.shape != first.shape:
-            raise ScanError(f"{f}: slice shape {s.shape} differs from the first slice {first.shape}")
-        array[i] = s
+        if len(s_shape) != 2:
+            raise ScanError(f"{f}: slice is {len(s_shape)}-D with shape {s_shape}; a folder needs 2-D slices")
+        if s_shape != shape or s_dtype != dtype:
+            raise ScanError(f"{f}: slice {s_shape} {s_dtype} differs from the first slice {shape} {dtype}")
+    array = np.empty((len(files),) + shape, dtype=dtype)
+    for i, f in enumerate(files):
+        try:
+            with _quiet_tifffile():
+                array[i] = tifffile.imread(f)
+        except Exception as exc:  # noqa: BLE001 - a corrupt file makes readers raise anything
+            raise ScanError(f"{f}: not a readable TIFF slice ({_short(exc)})") from None
     return array, spacing, {"format": "tiff-folder", "slices": len(files)}
 
 
@@ -342,16 +351,61 @@ def _read_sitk(path: Path):
 
 @contextlib.contextmanager
 def _quiet_tifffile():
-    """tifffile logs every corrupt tag at ERROR level; a corrupt file is reported by us in one line instead."""
+    """tifffile logs every corrupt tag at ERROR level; a corrupt file is reported by us in one line instead.
+
+    Yields the list of messages tifffile logged (nothing reaches the console), so a broken page chain,
+    which tifffile only logs, can be told apart from a short but intact file.
+    """
     import logging
 
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    messages: list[str] = []
     logger = logging.getLogger("tifffile")
-    old = logger.disabled
-    logger.disabled = True
+    handler, old = _Collect(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
-        yield
+        yield messages
     finally:
-        logger.disabled = old
+        logger.removeHandler(handler)
+        logger.propagate = old
+
+
+# Largest expansion of a TIFF segment per compression code (PackBits 64:1; LZW's 12-bit codes emit at most
+# 4096 bytes; deflate 1032:1). Other codecs (JPEG, zstd, LZMA, ...) have no useful bound.
+_TIFF_MAX_RATIO = {1: 1, 5: 4096 * 8 // 12, 8: 1032, 32946: 1032, 32773: 64}
+
+
+def _check_tiff(tif, path: Path, messages: list[str]) -> None:
+    """Before any pixel is read: every page's data lie inside the file, uncompressed pages hold all their
+    bytes, compressed ones could expand to their size, and an ImageJ file holds every image it announces."""
+    size = path.stat().st_size
+    series = tif.series[0]
+    first = series.keyframe
+    ij = tif.imagej_metadata or {}
+    images = int(ij.get("images", 0) or 0)
+    held = series.size // max(first.size, 1)
+    if images > held and first.dataoffsets:
+        promised = first.dataoffsets[0] + images * first.nbytes
+        raise _truncated(path, promised, size, f"ImageJ header announces {images} images, {held} found")
+    if any("page" in m and ("offset" in m or "tag list" in m) for m in messages):
+        raise ScanError(f"{path}: truncated or corrupt TIFF: the chain of pages breaks after "
+                        f"{len(tif.pages)} pages (file holds {size} bytes)")
+    for page in series.pages:
+        if page is None:
+            continue
+        key = page.keyframe
+        counts = [int(c) for c in page.databytecounts]
+        ends = [int(o) + c for o, c in zip(page.dataoffsets, counts, strict=False)]
+        if ends and max(ends) > size:
+            raise _truncated(path, max(ends), size, f"page {page.index} lies past the end")
+        ratio = _TIFF_MAX_RATIO.get(int(key.compression))
+        if ratio is not None and sum(counts) * ratio < key.nbytes:
+            raise _truncated(path, key.nbytes, sum(counts), f"page {page.index}'s data"
+                             + ("" if ratio == 1 else f", compressed; at most {ratio}-fold expansion"))
 
 
 @contextlib.contextmanager
