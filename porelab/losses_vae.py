@@ -3,8 +3,8 @@
 ``build_unsupervised_loss(name, **params)`` returns ``loss_fn(output, x) -> (loss, terms)`` where ``output``
 is the network's dict (see :mod:`porelab.nets`), ``x`` the clean input batch, ``loss`` a scalar tensor and
 ``terms`` a dict of plain floats (every term before weighting, plus ``"loss"``). All weights are keyword
-parameters; the defaults (:data:`DEFAULT_WEIGHTS`) are the values of the paper's public example configs
-(``reference/paper-code-facts.md`` §3), not the function defaults of that code, which differ.
+parameters; the defaults (:data:`DEFAULT_WEIGHTS`) are the values of the example configurations published
+with the code of Iuso et al. (2024), not the function defaults of that code, which differ.
 
 Reductions: reconstruction errors are means over all voxels of the batch; KL-type terms are summed over
 the latent elements (and, for gmVAE's spatial latents, over space) and averaged over the batch. The public

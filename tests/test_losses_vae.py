@@ -34,13 +34,43 @@ def batch():
     return x, recon, mu, logvar
 
 
-def test_defaults_cover_every_unsupervised_net_with_public_code_values():
+def _weighted_sum(name, terms, w):
+    """The loss each VAE-family net's default loss is, written out from its terms and weights ``w``."""
+    if name == "vae":
+        return terms["recon"] + w["kl_weight"] * terms["kl"]
+    if name == "cevae":
+        r = w["ce_ratio"]
+        return (1 - r) * (w["rec_weight"] * terms["recon"] + w["kl_weight"] * terms["kl"]) + r * terms["ce"]
+    if name == "gmvae":
+        return (terms["recon"] + w["cond_weight"] * terms["cond"] + w["w_weight"] * terms["w"]
+                + w["c_weight"] * terms["c"])
+    if name == "vqvae":
+        return terms["recon"] + w["commitment"] * terms["commitment"]
+    return terms["recon"] + w["var_weight"] * terms["var"] + w["kl_weight"] * terms["kl"]
+
+
+@pytest.mark.parametrize("name", UNSUPERVISED)
+def test_default_loss_of_every_net_combines_its_terms_with_the_default_weights(name):
+    from porelab.nets import build
+
     assert set(DEFAULT_WEIGHTS) == set(UNSUPERVISED)
-    assert DEFAULT_WEIGHTS["vae"]["kl_weight"] == 1e-5
-    assert DEFAULT_WEIGHTS["cevae"]["ce_ratio"] == 0.5
-    assert DEFAULT_WEIGHTS["gmvae"]["cond_weight"] == 1e-12
-    assert DEFAULT_WEIGHTS["vqvae"]["commitment"] == 0.25
-    assert DEFAULT_WEIGHTS["rvvae"]["var_weight"] == 50.0
+    torch.manual_seed(0)
+    net = build(name, scale=0.0625, patch_size=16).train()
+    x = torch.rand(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        out = net(x)
+    loss, terms = build_unsupervised_loss(name)(out, x)
+    w = DEFAULT_WEIGHTS[name]
+    assert terms["loss"] == pytest.approx(float(loss), rel=1e-6)
+    assert float(loss) == pytest.approx(_weighted_sum(name, terms, w), rel=1e-5)
+    diff = _np(out.get("recon_mean", out["recon"])) - _np(x)
+    rec = np.abs(diff).mean() if w["recon"] == "l1" else (diff**2).mean()
+    assert terms["recon"] == pytest.approx(rec, rel=1e-5)
+    # a weight passed in replaces its default in the same formula
+    key = next(k for k in w if k not in ("recon", "c_lambda", "ce_ratio", "rec_weight"))
+    changed = {**w, key: 2 * w[key]}
+    loss2, terms2 = build_unsupervised_loss(name, **{key: changed[key]})(out, x)
+    assert float(loss2) == pytest.approx(_weighted_sum(name, terms2, changed), rel=1e-5)
 
 
 def test_kl_of_standard_normal_posterior_is_zero_and_matches_torch_distributions(batch):
@@ -190,7 +220,10 @@ def test_losses_are_differentiable(batch):
     mu = mu.clone().requires_grad_()
     loss, _ = build_unsupervised_loss("vae")({"recon": recon, "mu": mu, "logvar": logvar}, x)
     loss.backward()
-    assert recon.grad is not None and mu.grad is not None and float(mu.grad.abs().sum()) > 0
+    # d/d recon of mean|recon − x| is sign(recon − x)/N; d/d mu of kl_weight·KL (batch mean) is kl_weight·mu/B
+    n, b = recon.numel(), mu.shape[0]
+    assert torch.allclose(recon.grad, torch.sign(recon.detach() - x) / n, atol=1e-9)
+    assert torch.allclose(mu.grad, 1e-5 * mu.detach() / b, rtol=1e-5, atol=1e-12)
 
 
 def test_bad_names_and_parameters_raise_one_line_errors():
