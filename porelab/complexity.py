@@ -242,8 +242,8 @@ def _build(name: str, scale: float, patch: int, device):
 def measure(name: str, *, patch: int = 64, scale: float = 1.0, scan_shape=SCAN_SHAPE, device=None) -> dict:
     """Table 8 row for net ``name`` at a ``patch``³ input, batch 1, widths × ``scale``.
 
-    Returns ``{name, params, trainable_params, macs, fwd_peak_mb, bwd_peak_mb, total_macs}`` plus ``n_patches``,
-    ``memory_method`` ("cuda-allocator" or "saved-tensors") and ``seconds``.
+    Returns ``{name, params, trainable_params, macs, fwd_peak_mb, bwd_peak_mb, total_macs}`` plus
+    ``n_patches``, ``memory_method`` ("cuda-allocator" or "saved-tensors") and ``seconds``.
     On CUDA the net is built on the GPU and memory is the allocator's; otherwise everything runs on the
     meta device (no weights allocated), falling back to a real CPU forward if the net cannot run on meta.
     """
@@ -276,7 +276,8 @@ def measure(name: str, *, patch: int = 64, scale: float = 1.0, scan_shape=SCAN_S
     params, trainable = count_params(net), count_trainable_params(net)
     positions = n_patches(scan_shape, patch)
     return {
-        "name": name, "params": params, "trainable_params": trainable, "macs": macs, "fwd_peak_mb": fwd / _MIB, "bwd_peak_mb": bwd / _MIB,
+        "name": name, "params": params, "trainable_params": trainable, "macs": macs,
+        "fwd_peak_mb": fwd / _MIB, "bwd_peak_mb": bwd / _MIB,
         "total_macs": macs * positions, "n_patches": positions, "memory_method": method,
         "seconds": time.perf_counter() - t0,
     }

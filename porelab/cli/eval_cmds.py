@@ -43,7 +43,8 @@ def _clean(obj):
               help="exact = scikit-learn on all voxels; binned = streaming 2^16-bin histogram (for >2e7 voxels).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for <score>_pr_roc.png and <score>_metrics.json. Default: beside SCORE.")
+              help="Folder for <score>_pr_roc.png and <score>_metrics.json. Default: beside SCORE, "
+              "or none with --json (print only).")
 def evaluate(score, truth, object_mask, threshold, method, as_json, out_dir):
     """Voxel-wise AP, ROC-AUC and Dice of a SCORE volume against a TRUTH pore mask.
 
@@ -52,7 +53,8 @@ def evaluate(score, truth, object_mask, threshold, method, as_json, out_dir):
     precision, Σ (R_n − R_{n−1}) P_n, on the pore class. Dice uses --threshold, or the F1-optimal threshold
     when none is given. Volumes above 2·10^7 voxels are evaluated by a streaming histogram (memory-mapped).
 
-    Writes the PR/ROC figure and the metrics JSON into -o DIR (default: SCORE's folder).
+    Writes the PR/ROC figure and the metrics JSON into -o DIR (default: SCORE's folder; with --json and no
+    -o nothing is written, the metrics are only printed).
 
     \b
     Example:
@@ -83,16 +85,18 @@ def evaluate(score, truth, object_mask, threshold, method, as_json, out_dir):
     res = metrics.evaluate_scores(s, t, mask=m, threshold=threshold, method=method, progress=n > 2e7)
     res = {"score": str(score), "truth": str(truth), "mask": str(object_mask) if object_mask else None, **res}
 
+    write_files = out_dir is not None or not as_json  # --json alone prints and writes nothing
     out_dir = Path(out_dir) if out_dir is not None else Path(score).resolve().parent
     stem = _stem(Path(score))
     png = out_dir / f"{stem}_pr_roc.png"
-    if res["pore_fraction"] and res["pore_fraction"] > 0:
+    if write_files and res["pore_fraction"] and res["pore_fraction"] > 0:
         metrics.plot_pr_roc({stem: (s, t, m)}, png, method=method,
                             title=f"{stem}: AP {res['ap']:.3f}, ROC-AUC {res['auc']:.3f}")
         res["figure"] = str(png)
     else:
         res["figure"] = None
-    write_json(out_dir / f"{stem}_metrics.json", _clean(res))
+    if write_files:
+        write_json(out_dir / f"{stem}_metrics.json", _clean(res))
     if as_json:
         click.echo(json.dumps(_clean(res), indent=2))
     else:
@@ -107,8 +111,8 @@ def evaluate(score, truth, object_mask, threshold, method, as_json, out_dir):
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Width multiplier of every net (1.0 = the paper's sizes).")
 @click.option("--names", default=None, help="Comma-separated nets (default: all ten), e.g. unet,vae.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, params, trainable_params, macs, fwd_peak_mb, "
-              "bwd_peak_mb, total_macs}.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, params, trainable_params, macs, "
+              "fwd_peak_mb, bwd_peak_mb, total_macs}.")
 def complexity(patch, scale, names, as_json):
     """Parameters, MACs, peak memory and total MACs of the nets (Iuso et al. 2024, Table 8).
 
