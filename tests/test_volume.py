@@ -90,6 +90,18 @@ def test_simpleitk_spacing_order_is_converted(tmp_path, rng):
     np.testing.assert_allclose(vol.spacing, (0.1, 0.2, 0.3))
 
 
+@pytest.mark.parametrize("name", ["scan.nrrd", "scan.mha", "scan.nii.gz"])
+def test_compressed_files_pass_the_size_check(tmp_path, rng, name):
+    """gzip NRRD and zlib MHA are decompressed once by the size check, then read by SimpleITK."""
+    import SimpleITK as sitk
+
+    a = rng.normal(size=(40, 30, 20)).astype(np.float32)
+    a[:, :10] = 0  # compressible, so the stream is well below the raw size
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / name), True)
+    assert (tmp_path / name).stat().st_size < a.nbytes
+    np.testing.assert_array_equal(read_volume(tmp_path / name).array, a)
+
+
 def test_vgi_header_written_by_hand(tmp_path):
     a = np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4)
     a.astype("<u2").tofile(tmp_path / "part.vol")
