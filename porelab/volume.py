@@ -18,7 +18,9 @@ folder of ``*.tif``       2-D TIFF slices in natural order (``s2.tif`` before ``
 ``.zarr``                 only when the optional ``zarr`` package is installed
 ========================  ==========================================================================
 
-Every reader raises :class:`porelab.errors.ScanError` with one line naming the file and the problem.
+Every reader raises :class:`porelab.errors.ScanError` with one line naming the file and the problem, and
+compares the size a header promises with the bytes present before allocating anything (compressed streams
+are counted in 16 MB blocks); a FIFO, socket or device is refused before it is opened.
 Every writer goes through :func:`porelab._io.atomic_path`, so a failed write leaves nothing behind.
 """
 
@@ -956,7 +958,7 @@ def _write_tiff_folder(path: Path, array: np.ndarray, spacing: Spacing) -> None:
 
     sz, sy, sx = spacing
     ij = array.dtype in (np.uint8, np.uint16, np.float32)
-    with atomic_path(path, is_dir=True) as tmp:
+    with atomic_path(path, is_dir=True, marker="volume") as tmp:
         for i in range(array.shape[0]):
             if ij:
                 tifffile.imwrite(tmp / f"slice_{i:05d}.tif", np.asarray(array[i]), imagej=True,
