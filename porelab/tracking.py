@@ -313,10 +313,13 @@ with warnings.catch_warnings():   # MLflow asks for type hints on predict(); the
     class PorePyfunc(mlflow.pyfunc.PythonModel):
         """The registered pyfunc model: a saved :class:`porelab.model.PoreModel` folder inside the artifact.
 
-        ``predict(context, model_input)`` takes one scan, a float32 array (Z, Y, X) in the scanner's grey
-        values (the model normalises it itself), and returns the float32 voxel score (Z, Y, X): a probability
-        for supervised nets, the post-processed anomaly score A_pores for unsupervised nets (Iuso et al. 2024,
-        eq. (2)-(3)). The decision threshold is ``model.threshold`` and in the logged model's metadata.
+        ``predict(context, model_input)`` takes one scan (Z, Y, X) or (1, Z, Y, X) in the scanner's grey
+        values (the model normalises it itself) — any real dtype (float32/64, int8-64, uint8-64, bool), nested
+        lists as sent to ``mlflow models serve`` too — casts it to float32 and returns the float32 voxel score
+        (Z, Y, X): a probability for supervised nets, the post-processed anomaly score A_pores for unsupervised
+        nets (Iuso et al. 2024, eq. (2)-(3)). NaN/±inf voxels are missing data: the score is NaN exactly there
+        (``porelab.model.PoreModel.predict``). The decision threshold is ``model.threshold`` and in the logged
+        model's metadata. Anything else is refused with a one-line ``MlflowException`` (HTTP 400 when served).
         """
 
         def load_context(self, context):
@@ -327,12 +330,42 @@ with warnings.catch_warnings():   # MLflow asks for type hints on predict(); the
         def predict(self, context, model_input, params=None):
             import numpy as np
 
-            scan = np.asarray(model_input, dtype=np.float32)
-            if scan.ndim == 4 and scan.shape[0] == 1:
-                scan = scan[0]
-            if scan.ndim != 3:
-                raise ValueError(f"expected one scan of shape (Z, Y, X), got shape {scan.shape}")
-            return np.asarray(self.model.predict(scan, progress=False), dtype=np.float32)
+            from mlflow.exceptions import MlflowException
+
+            from porelab.errors import PorelabError
+
+            scan = _pyfunc_scan(model_input)
+            try:
+                return np.asarray(self.model.predict(scan, progress=False), dtype=np.float32)
+            except PorelabError as exc:
+                raise MlflowException.invalid_parameter_value(str(exc)) from None
+
+
+def _pyfunc_scan(model_input):
+    """The pyfunc input as one float32 (Z, Y, X) scan, or a one-line ``MlflowException`` (HTTP 400).
+
+    MLflow's own signature check is off for the input (see :func:`model_signature`): it would refuse every
+    dtype but one and every shape of another rank with a long message, so the checks are made here.
+    """
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    if hasattr(model_input, "to_numpy") and not isinstance(model_input, np.ndarray):
+        model_input = model_input.to_numpy()
+    try:
+        arr = np.asarray(model_input)
+    except (TypeError, ValueError) as exc:
+        raise MlflowException.invalid_parameter_value(
+            f"expected one scan (Z, Y, X) of numbers, got {type(model_input).__name__}: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise MlflowException.invalid_parameter_value(
+            f"expected one scan (Z, Y, X) of real numbers, got dtype {arr.dtype}")
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3 or min(arr.shape) == 0:
+        raise MlflowException.invalid_parameter_value(
+            f"expected one scan of shape (Z, Y, X) or (1, Z, Y, X), got shape {tuple(arr.shape)}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def pip_requirements() -> list[str]:
@@ -349,13 +382,17 @@ def pip_requirements() -> list[str]:
 
 
 def model_signature():
-    """Tensor signature: float32 (-1, -1, -1) in, float32 (-1, -1, -1) out."""
+    """Signature of the pyfunc: no input schema, a float32 (-1, -1, -1) tensor out.
+
+    The input is left without a schema on purpose: MLflow enforces a ``TensorSpec`` exactly (one dtype, one
+    rank), so a float32 (Z, Y, X) spec refuses float64, int16, uint16 and (1, Z, Y, X) scans that
+    ``porelab segment`` reads. :class:`PorePyfunc` checks and casts the input itself (``_pyfunc_scan``).
+    """
     import numpy as np
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    spec = Schema([TensorSpec(np.dtype("float32"), (-1, -1, -1))])
-    return ModelSignature(inputs=spec, outputs=Schema([TensorSpec(np.dtype("float32"), (-1, -1, -1))]))
+    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype("float32"), (-1, -1, -1))]))
 
 
 def package_dir() -> str:
