@@ -159,14 +159,15 @@ class PoreModel:
     def reconstruct(self, scan: np.ndarray, progress: bool = False, *, device=None) -> np.ndarray:
         """Unsupervised nets: the reassembled deterministic reconstruction x̂ of ``scan`` (normalised units),
         the input of ``anomaly_map`` and ``surface_compensation``."""
-        from porelab.patches import predict_volume
+        from porelab.inference import predict_volume
         from porelab.runtime import get_device
 
         if self.kind != "unsupervised":
             raise ConfigError(f"{self.name} is supervised: it has no reconstruction")
         device = get_device(device) if not hasattr(device, "type") else device
+        filled, missing, _ = fill_nonfinite(scan)
         norm = self.normalisation.refit(scan)
-        scan, missing, _ = fill_nonfinite(scan)
+        scan = filled
         fn = self._patch_fn(norm, device)
         x_hat = predict_volume(fn, scan, patch=self.patch, overlap=self.overlap, batch_size=self.batch_size,
                                weighting=self.weighting, progress=progress, device=device,
@@ -174,7 +175,7 @@ class PoreModel:
         return _mark_missing(x_hat, missing)
 
     def _patch_fn(self, norm: Normalisation, device):
-        from porelab.infer_opt import cached_inference_net
+        from porelab.inference import cached_inference_net
 
         # the same function as the eager net, faster on the CPU (checked on a patch; falls back to eager)
         net = cached_inference_net(self.net(device), device, patch=self.patch,
@@ -208,7 +209,7 @@ class PoreModel:
         False: no pore is reported at a missing voxel). Their count is ``info["nonfinite_voxels"]``. A scan
         without any finite voxel raises ``ScanError``.
         """
-        from porelab.patches import predict_volume
+        from porelab.inference import predict_volume
         from porelab.runtime import get_device
 
         if np.ndim(scan) != 3:
@@ -216,8 +217,9 @@ class PoreModel:
         device = get_device(device) if not hasattr(device, "type") else device
         # the levels come from the finite voxels only (Normalisation.fit skips the others); every later step
         # sees the filled scan, and the missing voxels get a NaN score at the end
+        filled, missing, n_missing = fill_nonfinite(scan)
         norm = self.normalisation.refit(scan)
-        scan, missing, n_missing = fill_nonfinite(scan)
+        scan = filled
         info = {"air": norm.air, "material": norm.material}
         fn = self._patch_fn(norm, device)
         kw = {"patch": self.patch, "overlap": self.overlap, "batch_size": self.batch_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -193,6 +194,10 @@ def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_f
     of the scan, as in Algorithm 1), where the surface's partial volume looks like porosity to every
     model; give --skin 0 to score surface-connected pores as well.
 
+    NaN and infinite voxels are missing data: they are filled from their nearest finite neighbours for
+    scoring, their score is NaN (never a pore), a warning gives their number, and segment.json records it
+    (nonfinite_voxels). A scan without any finite voxel is refused.
+
     \b
     Example:
       porelab segment part.tif -o part_pores --model models/unet --spacing 0.01 0.01 0.01
@@ -204,8 +209,13 @@ def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_f
     from porelab.model import resolve_model
     from porelab.volume import read_volume, write_volume
 
+    from porelab.runtime import get_device
+
     if skin is not None and skin < 0:
         raise ConfigError(f"--skin must be >= 0 voxels, got {skin}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError(f"--threshold must be a finite number, got {threshold}")
+    device = get_device(device)                   # an unavailable --device fails before anything is read
     model = resolve_model(model_spec)             # fail early: nothing written for a bad model
     if skin is not None:
         model = model.replace(skin=skin)
@@ -219,6 +229,7 @@ def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_f
         if not no_score:
             out = np.lib.format.open_memmap(tmp / "score.npy", mode="w+", dtype=np.float32, shape=vol.shape)
         score, info = model.predict(vol.array, progress=True, out=out, device=device, return_info=True)
+        n_missing = int(info.get("nonfinite_voxels", 0))
         mask = np.empty(vol.shape, dtype=np.uint8)
         for z in range(0, vol.shape[0], 16):
             mask[z:z + 16] = np.asarray(score[z:z + 16]) >= thr
@@ -235,17 +246,22 @@ def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_f
             report = write_report(mask.astype(bool), tmp, volume=vol, spacing=vol.spacing if vol.spacing_known
                                   else None, score=score, progress=True,
                                   parameters={"model": str(model_spec), "net": model.name, "threshold": thr,
-                                              "threshold_policy": model.meta.get("threshold_policy")}) or {}
+                                              "threshold_policy": model.meta.get("threshold_policy"),
+                                              "nonfinite_voxels": n_missing}) or {}
         del score, out
         seconds = time.perf_counter() - t0
         summary = {"scan": str(scan), "shape": list(vol.shape), "spacing": list(vol.spacing),
                    "spacing_known": vol.spacing_known, "model": str(model_spec), "net": model.name,
                    "kind": model.kind, "threshold": thr, "postprocess": model.postprocess, "skin": model.skin,
                    "smooth": model.smooth if model.kind == "unsupervised" else None,
-                   "normalisation": info, "mask_voxels": int(mask.sum()), "seconds": round(seconds, 2),
+                   "normalisation": info, "nonfinite_voxels": n_missing, "mask_voxels": int(mask.sum()),
+                   "seconds": round(seconds, 2),
                    "pore_count": report.get("pore_count"), "porosity_percent": report.get("porosity_percent")}
         write_json(tmp / "segment.json", summary)
     click.echo(json.dumps(summary, indent=2, default=float))
+    if n_missing:
+        click.echo(f"porelab: warning: {n_missing} non-finite voxels treated as missing (score NaN there, "
+                   "never a pore)", err=True)
     if not vol.spacing_known:
         click.echo("porelab: note: voxel size unknown; lengths are in voxels (give --spacing Z Y X in mm)",
                    err=True)
