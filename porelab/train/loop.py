@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from porelab.errors import ConfigError
-from porelab.patches import AugmentConfig
+from porelab.sampling import AugmentConfig
 
 
 @dataclass
@@ -165,7 +165,7 @@ def validation_batches(val: list[Sample], *, supervised: bool, config: TrainConf
     drawn with their own seed (the global random state is left untouched)."""
     import torch
 
-    from porelab.patches import batch_tensors, make_loader, make_queue, make_subjects
+    from porelab.sampling import batch_tensors, make_loader, make_queue, make_subjects
 
     if not val or config.val_patches <= 0:
         return []
@@ -227,8 +227,8 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
 
     from porelab.losses import build_loss
     from porelab.nets import is_supervised
-    from porelab.patches import augmentation, batch_tensors, make_loader, make_queue, make_subjects
     from porelab.runtime import configure_threads, get_device, seed_everything
+    from porelab.sampling import augmentation, batch_tensors, make_loader, make_queue, make_subjects
 
     supervised = is_supervised(name)
     if not train:

@@ -1,0 +1,5 @@
+"""Training: ``fit`` (the loop), ``TrainConfig`` and ``Sample``."""
+
+from porelab.train.loop import COLLAPSED_LOSS, Sample, TrainConfig, fit, validation_batches
+
+__all__ = ["COLLAPSED_LOSS", "Sample", "TrainConfig", "fit", "validation_batches"]
