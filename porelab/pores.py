@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from porelab._io import atomic_path, write_json
 
-__all__ = ["COLUMNS", "pore_table", "summarise", "write_report"]
+__all__ = ["COLUMNS", "check_binary_file", "pore_table", "summarise", "write_report"]
 
 SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
 MC_MIN_VOXELS = 100
@@ -74,6 +74,37 @@ def _as_bool(mask) -> np.ndarray:
     if np.issubdtype(mask.dtype, np.floating) and not np.isfinite(mask).all():
         raise ScanError("pore mask contains NaN or infinite values; a mask is boolean or 0/1")
     return np.asarray(mask) != 0
+
+
+def check_binary_file(path, *, role: str = "mask") -> None:
+    """Refuse a file that is not a binary mask: its voxels must be boolean, or 0/1 (0/255 in uint8 files).
+
+    A CT scan (many grey values) or a float volume with NaN/inf given as a truth or object mask would
+    otherwise be read as "every non-zero voxel is a pore" without a word. Reads slab by slab (memmaps too);
+    the message is one line naming the file and the ``role`` ("truth", "object mask", …).
+    """
+    from porelab.errors import ScanError
+    from porelab.volume import _read_any, _validate, iter_slabs
+
+    path = Path(path)
+    array, _, _ = _read_any(path, mmap=True)
+    array = _validate(array, path, mask=True)
+    if array.dtype == bool:
+        return
+    allowed = (0, 1, 255) if array.dtype == np.uint8 else (0, 1)
+    seen: set = set()
+    for sl in iter_slabs(array.shape):
+        block = np.asarray(array[sl])
+        if block.dtype.kind == "f" and not np.isfinite(block).all():
+            raise ScanError(f"{path}: the {role} has NaN or infinite voxels; a {role} is boolean or 0/1")
+        values = np.unique(block)
+        bad = values[~np.isin(values, allowed)]
+        if bad.size:
+            raise ScanError(f"{path}: not a {role}: it holds values such as {float(bad[0]):g} (a {role} is "
+                            f"boolean or 0/1 integers; is this a scan?)")
+        seen.update(values.tolist())
+    if {1, 255} <= seen:
+        raise ScanError(f"{path}: not a {role}: it mixes 1 and 255 (a {role} is boolean, 0/1 or 0/255)")
 
 
 def _check_spacing(spacing) -> tuple[float, float, float]:

@@ -93,3 +93,56 @@ def test_complexity_json_and_errors():
         r = run(["complexity", *args])
         assert r.exit_code == 2 and "Traceback" not in r.output
         assert r.stderr.strip().splitlines()[-1].startswith("porelab: error:")
+
+
+def test_evaluate_refuses_nan_threshold_and_a_scan_as_truth(files, tmp_path):
+    paths, score, truth, _ = files
+    np.save(tmp_path / "nan_truth.npy", np.where(truth, 1.0, np.nan).astype(np.float32))
+    np.save(tmp_path / "u16_truth.npy", (truth * 2).astype(np.uint16))
+    out = tmp_path / "never"
+    cases = [
+        (["--threshold", "nan"], "--threshold"),
+        (["--threshold", "inf"], "--threshold"),
+        ([], "cyl_score.npy: not a truth"),                         # the CT-like score given as truth
+        ([], "nan_truth.npy: the truth has NaN"),
+        ([], "u16_truth.npy: not a truth"),
+        (["--mask", paths["score"]], "cyl_score.npy: not a object mask"),
+    ]
+    for extra, words in cases:
+        t = paths["truth"]
+        if "truth" in words:
+            t = tmp_path / words.split(":")[0] if "_truth" in words else paths["score"]
+        r = run(["evaluate", paths["score"], t, "-o", out, *extra])
+        assert r.exit_code == 2, (extra, words, r.output)
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("porelab: error:") and words in err[0], r.stderr
+        assert "Traceback" not in r.output
+    assert not out.exists()
+    # booleans, 0/1 in any dtype and 0/255 in uint8 are masks
+    for name, arr in (("b.npy", truth), ("f.npy", truth.astype(np.float32)), ("u.npy", truth.astype(np.uint8) * 255)):
+        np.save(tmp_path / name, arr)
+        r = run(["evaluate", paths["score"], tmp_path / name, "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["ap"] == pytest.approx(evaluate_scores(score, truth)["ap"])
+
+
+def test_evaluate_leaves_out_nonfinite_scores(files, tmp_path):
+    paths, score, truth, obj = files
+    bad = score.copy()
+    bad[0, :5, :4] = np.nan
+    bad[1, 3, 3] = np.inf
+    np.save(tmp_path / "seg_score.npy", bad)
+    known = np.isfinite(bad)
+    out = tmp_path / "eval"
+    r = run(["evaluate", tmp_path / "seg_score.npy", paths["truth"], "--mask", paths["obj"], "--json", "-o", out])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip() == "porelab: warning: 21 non-finite score voxels treated as missing (left out)"
+    got = json.loads(r.stdout)
+    ref = evaluate_scores(score, truth, mask=obj & known)
+    assert got["nonfinite_voxels"] == 21 and got["n_voxels"] == int((obj & known).sum())
+    assert got["ap"] == pytest.approx(ref["ap"]) and got["dice"] == pytest.approx(ref["dice"])
+
+    def refuse(token):
+        raise AssertionError(f"invalid JSON constant {token}")
+
+    assert json.loads((out / "seg_score_metrics.json").read_text(), parse_constant=refuse)["nonfinite_voxels"] == 21

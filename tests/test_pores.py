@@ -142,3 +142,51 @@ def test_empty_mask_and_bad_shapes(tmp_path):
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ScanError):
         pore_table(np.zeros((8, 9)))
+
+
+@pytest.mark.parametrize("spacing", [(0, 1, 1), (1, -0.5, 1), (1, 1, float("nan")), (float("inf"), 1, 1), (1, 1)])
+def test_spacing_must_be_three_finite_positive_numbers(tmp_path, spacing):
+    from porelab.errors import ConfigError
+
+    m = _spheres()
+    for call in (lambda: pore_table(m, spacing=spacing), lambda: summarise(m, spacing=spacing),
+                 lambda: write_report(m, tmp_path / "r", spacing=spacing)):
+        with pytest.raises(ConfigError, match="spacing"):
+            call()
+    assert not (tmp_path / "r").exists()
+
+
+def test_nan_masks_are_refused_and_binary_files_checked(tmp_path):
+    from porelab.pores import check_binary_file
+
+    with pytest.raises(ScanError, match="NaN"):
+        pore_table(np.full((8, 9, 10), np.nan, np.float32))
+    m = _spheres(shape=(16, 16, 16), spacing=(0.05, 0.05, 0.05))
+    good = {"b.npy": m, "u8.npy": m.astype(np.uint8), "u255.npy": m.astype(np.uint8) * 255,
+            "f.npy": m.astype(np.float32), "i16.npy": m.astype(np.int16), "zero.npy": np.zeros(m.shape, np.uint8)}
+    for name, arr in good.items():
+        np.save(tmp_path / name, arr)
+        check_binary_file(tmp_path / name, role="pore mask")
+    scan = (np.random.default_rng(0).normal(100, 10, m.shape)).astype(np.float32)
+    bad = {"scan.npy": (scan, "not a pore mask"), "nan.npy": (np.full(m.shape, np.nan, np.float32), "NaN"),
+           "half.npy": (m * 0.5, "not a pore mask"), "two.npy": (m.astype(np.int16) * 2, "not a pore mask"),
+           "mixed.npy": (np.where(m, 255, 1).astype(np.uint8), "mixes 1 and 255")}
+    for name, (arr, words) in bad.items():
+        np.save(tmp_path / name, arr)
+        with pytest.raises(ScanError, match=words) as exc:
+            check_binary_file(tmp_path / name, role="pore mask")
+        assert str(exc.value).startswith(str(tmp_path / name)) and "\n" not in str(exc.value)
+
+
+def test_report_cli_refuses_zero_spacing(tmp_path):
+    from click.testing import CliRunner
+
+    from porelab.cli import main
+
+    np.save(tmp_path / "m.npy", _spheres(shape=(16, 16, 16), spacing=(0.05, 0.05, 0.05)).astype(np.uint8))
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "m.npy"), "-o", str(tmp_path / "r"),
+                                    "--spacing", "0", "1", "1"])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("porelab: error:") and "spacing" in err[0]
+    assert not (tmp_path / "r").exists()

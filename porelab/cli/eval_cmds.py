@@ -49,7 +49,9 @@ def evaluate(score, truth, object_mask, threshold, method, as_json, out_dir):
     """Voxel-wise AP, ROC-AUC and Dice of a SCORE volume against a TRUTH pore mask.
 
     SCORE is any scan format porelab reads (higher = more likely pore: a probability or an anomaly score);
-    TRUTH is a mask of the same (z, y, x) shape (non-zero = pore). AP is scikit-learn's step-wise average
+    its NaN/infinite voxels (missing data, as `porelab segment` writes them) are left out, with a warning.
+    TRUTH is a mask of the same (z, y, x) shape (boolean or 0/1; 1 = pore); a scan given as TRUTH or
+    --mask is refused. AP is scikit-learn's step-wise average
     precision, Σ (R_n − R_{n−1}) P_n, on the pore class. Dice uses --threshold, or the F1-optimal threshold
     when none is given. Volumes above 2·10^7 voxels are evaluated by a streaming histogram (memory-mapped).
 
@@ -64,16 +66,22 @@ def evaluate(score, truth, object_mask, threshold, method, as_json, out_dir):
 
     from porelab import metrics
     from porelab._io import write_json
-    from porelab.errors import ScanError
+    from porelab.errors import ConfigError, ScanError
+    from porelab.normalise import count_nonfinite
+    from porelab.pores import check_binary_file
     from porelab.volume import read_mask, read_volume
 
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError(f"--threshold must be a finite number, got {threshold}")
     vol = read_volume(score)
     s = vol.array
+    check_binary_file(truth, role="truth")
     t = read_mask(truth)
     if t.shape != s.shape:
         raise ScanError(f"{truth}: truth shape {list(t.shape)} differs from score shape {list(s.shape)}")
     m = None
     if object_mask is not None:
+        check_binary_file(object_mask, role="object mask")
         m = read_mask(object_mask)
         if m.shape != s.shape:
             raise ScanError(f"{object_mask}: mask shape {list(m.shape)} differs from score shape {list(s.shape)}")
@@ -81,9 +89,21 @@ def evaluate(score, truth, object_mask, threshold, method, as_json, out_dir):
             raise ScanError(f"{object_mask}: the object mask is empty")
     if not np.issubdtype(s.dtype, np.number):
         raise ScanError(f"{score}: score dtype {s.dtype} is not numeric")
+    n_missing = count_nonfinite(s)
+    if n_missing:  # missing voxels (NaN score) count as outside the object
+        known = np.empty(s.shape, dtype=bool)
+        for z in range(0, s.shape[0], 16):
+            known[z:z + 16] = np.isfinite(np.asarray(s[z:z + 16]))
+        m = known if m is None else m & known
+        if not m.any():
+            raise ScanError(f"{score}: no finite score inside the object mask")
     n = s.size if m is None else int(m.sum())
     res = metrics.evaluate_scores(s, t, mask=m, threshold=threshold, method=method, progress=n > 2e7)
-    res = {"score": str(score), "truth": str(truth), "mask": str(object_mask) if object_mask else None, **res}
+    res = {"score": str(score), "truth": str(truth), "mask": str(object_mask) if object_mask else None, **res,
+           "nonfinite_voxels": n_missing}
+    if n_missing:
+        click.echo(f"porelab: warning: {n_missing} non-finite score voxels treated as missing (left out)",
+                   err=True)
 
     write_files = out_dir is not None or not as_json  # --json alone prints and writes nothing
     out_dir = Path(out_dir) if out_dir is not None else Path(score).resolve().parent
