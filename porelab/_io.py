@@ -52,7 +52,7 @@ def write_json(path: str | os.PathLike, obj, **kwargs) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default, **kwargs) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default, **{"allow_nan": False, **kwargs}) + "\n")
     return path
 
 
