@@ -1,4 +1,4 @@
-"""Whole-scan inference: porelab.patches.predict_volume against TorchIO's GridSampler + GridAggregator.
+"""Whole-scan inference: porelab.inference.predict_volume against TorchIO's GridSampler + GridAggregator.
 
 The same network (random weights, fixed seed) runs on the same random scan through both paths, each in
 its own subprocess so that peak memory (``resource.getrusage`` maxrss) is measured separately:
@@ -8,7 +8,7 @@ its own subprocess so that peak memory (``resource.getrusage`` maxrss) is measur
   ``GridSampler`` through ``SubjectsLoader``, ``GridAggregator(overlap_mode="average")`` assembles them.
 
 Both use the same net weights, patch, half-patch overlap, batch size and torch thread count. The porelab
-path runs the net the way ``PoreModel.predict`` does: through ``porelab.infer_opt.optimize_for_inference``
+path runs the net the way ``PoreModel.predict`` does: through ``porelab.inference.optimize_for_inference``
 (an inference copy of the net, checked against the eager forward on one patch; its set-up time is inside
 the measured time); the TorchIO path runs the eager net as given (``--torchio-forward optimized`` gives it
 the same fast forward, ``--porelab-forward eager`` takes it away from porelab; ``--porelab-batch`` lets
@@ -87,7 +87,7 @@ Where the speed comes from: the forward passes are ≈ 98 % of porelab's time (t
 0.26 s of the 15 s at 128·256·256; identity row: 3× faster than TorchIO's), so the gain is the forward's.
 "both eager" (the same eager net in both paths, the previous state) gives 1.31×; "both fast" (TorchIO also
 given porelab's optimised forward) 1.05×, i.e. the pipeline alone. The optimised forward (channels-last,
-1×1 convs as GEMM, conv-then-upsample, buffer reuse; see ``porelab/infer_opt.py``) takes UNet 0.25 from
+1×1 convs as GEMM, conv-then-upsample, buffer reuse; see ``porelab/inference/fast.py``) takes UNet 0.25 from
 ≈ 14-18 to ≈ 8 ms per patch. "glibc tuned" sets ``MALLOC_MMAP_THRESHOLD_=33554432
 MALLOC_TRIM_THRESHOLD_=1073741824`` for both processes: this removes page-fault costs that the eager
 forward pays on every fresh activation (TorchIO 30 → 25-27 s) and that porelab's forward mostly avoids
@@ -182,7 +182,7 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from porelab.patches import predict_volume, predict_volume_torchio
+    from porelab.inference import predict_volume, predict_volume_torchio
 
     d = Path(args.dir)
     net, fn = _build(args)
@@ -192,7 +192,7 @@ def worker(args) -> None:
     info = "eager"
     if net is not None and forward == "optimized":
         # the set-up (copy, rewrite, equality check on one patch) is part of the timed inference
-        from porelab.infer_opt import example_input, optimize_for_inference
+        from porelab.inference import example_input, optimize_for_inference
         from porelab.nets import UNSUPERVISED
 
         method = "reconstruct" if args.net in UNSUPERVISED else "forward"
@@ -241,7 +241,7 @@ def main(argv=None) -> dict:
                    len(os.sched_getaffinity(0)))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--porelab-forward", choices=["optimized", "eager"], default="optimized",
-                   help="porelab's forward: porelab.infer_opt.optimize_for_inference (as PoreModel.predict "
+                   help="porelab's forward: porelab.inference.optimize_for_inference (as PoreModel.predict "
                         "runs it; its set-up time is included) or the plain eager net")
     p.add_argument("--torchio-forward", choices=["optimized", "eager"], default="eager",
                    help="the TorchIO path's forward (eager: the net as given, what a TorchIO user runs)")

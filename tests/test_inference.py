@@ -1,4 +1,5 @@
-"""Inference-optimised forward passes (porelab.infer_opt): the same outputs as the eager nets, the fallback."""
+"""Whole-scan inference (porelab.inference): streaming grid inference (predict_volume) and the inference-optimised
+forward passes (the same outputs as the eager nets, the fallback)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from porelab.infer_opt import (
+from porelab.errors import ConfigError
+from porelab.inference import (
     BlockConvTranspose3d,
     InferenceNet,
     PointwiseConv3d,
@@ -19,8 +21,12 @@ from porelab.infer_opt import (
     avg_pool2,
     cached_inference_net,
     example_input,
+    grid_starts,
+    malloc_trim,
     optimize_for_inference,
     pad_replicate,
+    predict_volume,
+    predict_volume_torchio,
     upsample2_trilinear,
 )
 from porelab.nets import build
@@ -212,7 +218,6 @@ def test_pore_model_predict_equals_eager_grid_inference(rng):
     """PoreModel.predict (optimised forward) against predict_volume with the plain eager net."""
     from porelab.model import PoreModel
     from porelab.normalise import Normalisation
-    from porelab.patches import predict_volume
 
     torch.manual_seed(0)
     net = build("unet", scale=0.125)
@@ -225,13 +230,12 @@ def test_pore_model_predict_equals_eager_grid_inference(rng):
     ref = predict_volume(lambda x: eager(n.apply_torch(x)), scan, patch=16, progress=False, device=CPU)
     assert float(np.max(np.abs(score - ref))) <= TOL      # the required bound is 1e-4
     # predict ran the optimised copy (cached per net), not the eager net
-    from porelab.infer_opt import _CACHE
+    from porelab.inference.fast import _CACHE
 
     assert isinstance(_CACHE[eager][1], InferenceNet)
 
 
 def test_released_buffers_are_rebuilt_on_next_use():
-    from porelab.infer_opt import malloc_trim
 
     torch.manual_seed(0)
     net = build("unet", scale=0.125).eval()
@@ -251,7 +255,7 @@ def test_released_buffers_are_rebuilt_on_next_use():
 
 
 def test_pore_model_predict_frees_the_buffers_after_each_scan(rng):
-    from porelab.infer_opt import _CACHE
+    from porelab.inference.fast import _CACHE
     from porelab.model import PoreModel
     from porelab.normalise import Normalisation
 
@@ -264,3 +268,128 @@ def test_pore_model_predict_frees_the_buffers_after_each_scan(rng):
     assert isinstance(fast, InferenceNet) and fast.scratch.buf is None
     second = model.predict(scan, device=CPU)
     assert fast.scratch.buf is None and np.array_equal(first, second)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# streaming grid inference
+# --------------------------------------------------------------------------------------------------------------
+def _conv_net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv3d(4, 1, 3, padding=1), torch.nn.Sigmoid()).eval()
+
+
+def test_grid_starts_match_torchio_rule():
+    assert grid_starts(37, 16, 8) == [0, 8, 16, 21]
+    assert grid_starts(32, 16, 8) == [0, 8, 16]
+    assert grid_starts(10, 16, 8) == [0]
+
+
+@pytest.mark.parametrize("shape", [(37, 50, 45), (20, 70, 33), (10, 12, 40)])
+@pytest.mark.parametrize("weighting", ["average", "hann", "gaussian"])
+def test_identity_is_reproduced_exactly(rng, shape, weighting):
+    v = rng.normal(size=shape).astype(np.float32)
+    out = predict_volume(lambda x: x, v, patch=16, batch_size=3, weighting=weighting, progress=False)
+    assert out.shape == v.shape and out.dtype == np.float32
+    assert np.abs(out - v).max() <= 1e-6
+
+
+def test_anisotropic_patch_and_overlap(rng):
+    v = rng.normal(size=(30, 41, 29)).astype(np.float32)
+    out = predict_volume(lambda x: x, v, patch=(8, 16, 12), overlap=0.25, progress=False)
+    assert np.abs(out - v).max() <= 1e-6
+
+
+def test_equals_torchio_grid_aggregator_on_a_conv_net(rng):
+    net = _conv_net()
+    v = rng.random((40, 52, 36), dtype=np.float32)
+    ours = predict_volume(net, v, patch=16, batch_size=4, progress=False)
+    ref = predict_volume_torchio(net, v, patch=16, batch_size=4)
+    assert np.abs(ours - ref).max() <= 1e-5
+    # a conv net's output really depends on the patch position: crop-free stitching differs from one pass
+    with torch.inference_mode():
+        whole = net(torch.from_numpy(v)[None, None])[0, 0].numpy()
+    assert np.abs(ours - whole).max() > 1e-4
+
+
+def test_memmap_in_and_out(tmp_path, rng):
+    net = _conv_net(1)
+    v = rng.random((33, 40, 40), dtype=np.float32)
+    np.save(tmp_path / "scan.npy", v)
+    vin = np.load(tmp_path / "scan.npy", mmap_mode="r")
+    out = np.lib.format.open_memmap(tmp_path / "score.npy", mode="w+", dtype=np.float32, shape=v.shape)
+    res = predict_volume(net, vin, patch=16, out=out, progress=False)
+    assert res is out
+    del out, res
+    on_disk = np.load(tmp_path / "score.npy")
+    in_ram = predict_volume(net, v, patch=16, progress=False, batch_size=1)
+    np.testing.assert_allclose(on_disk, in_ram, atol=1e-6)
+    assert np.array_equal(np.load(tmp_path / "scan.npy"), v)  # the input was not touched
+
+
+def test_bad_arguments():
+    v = np.zeros((20, 20, 20), np.float32)
+    with pytest.raises(ConfigError):
+        predict_volume(lambda x: x, v[0], patch=16, progress=False)
+    with pytest.raises(ConfigError, match="weighting"):
+        predict_volume(lambda x: x, v, patch=16, weighting="box", progress=False)
+    with pytest.raises(ConfigError, match="shape"):
+        predict_volume(lambda x: x[:, :, :8], v, patch=16, progress=False)
+
+
+def test_tail_batches_are_filled_up_to_one_shape_and_stay_exact(rng):
+    """225 patches per slab with batch 4 would end in a batch of one (≈ 3× the forward's working memory):
+    every call gets the full batch shape, and the dropped filler outputs do not reach the result."""
+    v = rng.normal(size=(24, 40, 40)).astype(np.float32)      # 4 × 4 patches per slab: 16 = 3 · 5 + 1
+    shapes = []
+
+    def fn(x):
+        shapes.append(tuple(x.shape))
+        return x * 2.0
+
+    out = predict_volume(fn, v, patch=16, batch_size=5, progress=False)
+    assert set(shapes) == {(5, 1, 16, 16, 16)}
+    assert len(shapes) == 2 * 4           # 2 z starts, ceil(16 / 5) batches each
+    assert np.abs(out - 2.0 * v).max() <= 1e-6
+
+
+def test_patch_function_buffers_are_released_after_the_scan(rng):
+    v = rng.random((20, 20, 20), dtype=np.float32)
+
+    class Net:
+        released = 0
+
+        def forward(self, x):
+            return x + 1.0
+
+        def release_buffers(self):
+            self.released += 1
+
+    net = Net()
+    out = predict_volume(net.forward, v, patch=16, progress=False)     # a bound method: found on its object
+    assert net.released == 1 and np.abs(out - (v + 1.0)).max() <= 1e-6
+
+    def fn(x):
+        return x
+
+    calls = []
+    fn.release_buffers = lambda: calls.append(1)
+    predict_volume(fn, v, patch=16, progress=False)
+    assert calls == [1]
+
+
+def test_memmap_pages_released_per_slab_keep_the_result_exact(tmp_path, rng):
+    """Rows of a whole page each (128 · 32 float32 = 16 KiB): the input and output pages of every finished
+    slab are dropped from the process (madvise) while the scan runs; the file holds the exact result."""
+    import mmap
+
+    v = rng.normal(size=(40, 32, 128)).astype(np.float32)
+    assert (32 * 128 * 4) % mmap.PAGESIZE == 0
+    np.save(tmp_path / "scan.npy", v)
+    vin = np.load(tmp_path / "scan.npy", mmap_mode="r")
+    out = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.float32, shape=v.shape)
+    predict_volume(lambda x: x * 3.0, vin, patch=16, out=out, progress=False)
+    np.testing.assert_allclose(np.asarray(out), 3.0 * v, atol=1e-6)      # re-read after release
+    del out
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), 3.0 * v, atol=1e-6)
+    assert np.array_equal(np.load(tmp_path / "scan.npy"), v)

@@ -65,7 +65,7 @@ def test_unsupervised_round_trip_and_postprocess_flag(tmp_path, rng):
     model.save(tmp_path / "v")
     np.testing.assert_array_equal(PoreModel.load(tmp_path / "v").predict(scan), score)
     # the score is the surface-compensated |x - x_hat| of the reassembled reconstruction
-    from porelab.patches import predict_volume
+    from porelab.inference import predict_volume
 
     norm = Normalisation.fit(scan)
     net = model.net("cpu")
