@@ -60,13 +60,22 @@ class LazyGroup(click.Group):
     def invoke(self, ctx):
         from porelab.errors import PorelabError
 
+        terminated = []
+        previous = _on_sigterm(terminated)
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:
+            # the writers' cleanup (porelab._io.atomic_path) has run while the exception unwound
             click.echo("porelab: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(143 if terminated else 130)
+        except PermissionError as exc:  # an output (or input) the user may not write (or read)
+            if os.environ.get("PORELAB_DEBUG"):
+                raise
+            where = exc.filename if exc.filename else _one_line(exc)
+            click.echo(f"porelab: error: {where}: permission denied", err=True)
+            sys.exit(2)
         except PorelabError as exc:
             if os.environ.get("PORELAB_DEBUG"):
                 raise
@@ -78,6 +87,37 @@ class LazyGroup(click.Group):
             click.echo(f"porelab: error: {type(exc).__name__}: {_one_line(exc)} "
                        "(set PORELAB_DEBUG=1 for the traceback)", err=True)
             sys.exit(1)
+        finally:
+            _restore_sigterm(previous)
+
+
+def _on_sigterm(flag: list):
+    """Turn SIGTERM into ``KeyboardInterrupt`` (as SIGINT), so temporary outputs are removed on the way out.
+
+    ``flag`` gets an entry when SIGTERM arrived (exit status 143 instead of 130). Returns the previous
+    handler, or None when handlers cannot be set (not the main thread).
+    """
+    import signal
+
+    def handler(signum, frame):
+        flag.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is None:
+        return
+    try:
+        signal.signal(signal.SIGTERM, previous)
+    except (ValueError, OSError):
+        pass
 
 
 def _one_line(exc: BaseException) -> str:
