@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from porelab._io import write_json
+from porelab._io import atomic_path, prepare_output, write_json
 from porelab.errors import ConfigError, ScanError
 
 FORMAT = "porelab-dataset/1"
@@ -157,36 +157,45 @@ def sample_plan(preset: str | Preset) -> list[dict]:
 
 
 def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bool = True,
-                     porosity: float | None = None) -> Path:
+                     porosity: float | None = None, overwrite: bool = False) -> Path:
     """Simulate the paper's dataset layout into ``out_dir`` and return the path of ``manifest.json``.
 
     Writes per sample ``<name>_scan.npy`` (float32 reconstructed attenuation, 1/mm), ``<name>_truth.npy``
     and ``<name>_object.npy`` (uint8) and ``<name>_pores.json`` (the placed pores), each atomically, and
     ``manifest.json`` last (the ``.npy`` files get a ``.npy.json`` spacing sidecar, see
-    :func:`porelab.volume.write_volume`), so an interrupted run never leaves a manifest listing missing files.
+    :func:`porelab.volume.write_volume`). Everything is written into a temporary folder beside ``out_dir``
+    that is renamed to ``out_dir`` when complete, so an interrupted run leaves ``out_dir`` as it was.
 
     Parameters
     ----------
-    out_dir : folder (created if needed).
+    out_dir : folder (created). If it exists it must be empty, or an earlier porelab dataset (replaced only
+        with ``overwrite=True``); anything else raises ``ConfigError`` and is left untouched.
     preset : ``smoke`` (32×48×48, seconds), ``quick`` (96×128×128, about a minute on 2 cores) or ``paper``
         (10 µm voxels, big machines only).
     seed : master seed; the same seed gives identical files.
     progress : show a tqdm bar per sample on stderr.
     porosity : target porosity in percent of each part (0.1-2 % is the realistic range); default the
         preset's (0.75 %; 2 % for ``smoke``).
+    overwrite : replace an existing porelab dataset (or other porelab output) in ``out_dir``.
     """
-    from porelab.simulate.ct import scan_phantom
-    from porelab.simulate.phantom import make_phantom
-    from porelab.volume import write_volume
-
     pr = get_preset(preset)
     porosity = pr.porosity if porosity is None else float(porosity)
     if not 0.0 < porosity <= 5.0:
         raise ConfigError(f"porosity {porosity} % is out of range (0-5 %; realistic parts 0.1-2 %)")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed {seed!r} must be a non-negative integer")
+    out = prepare_output(out_dir, overwrite=overwrite, is_dir=True)
+    with atomic_path(out, is_dir=True, overwrite=overwrite, marker="simulate") as tmp:
+        _simulate_into(tmp, pr, int(seed), porosity, progress)
+    return Path(out_dir) / "manifest.json"
+
+
+def _simulate_into(out: Path, pr: Preset, seed: int, porosity: float, progress: bool) -> Path:
+    """Write every sample and ``manifest.json`` into the existing folder ``out``."""
+    from porelab.simulate.ct import scan_phantom
+    from porelab.simulate.phantom import make_phantom
+    from porelab.volume import write_volume
+
     entries = []
     seeds = np.random.SeedSequence(int(seed)).spawn(2 * len(SAMPLES))
     bar = None
@@ -229,7 +238,8 @@ def load_manifest(path_or_dir) -> Dataset:
     """Read a dataset's ``manifest.json`` (or the folder holding it) into a :class:`Dataset`.
 
     Raises ``ScanError`` (one line, naming the file) when the manifest is missing, not JSON, of another
-    format, lacks a field, or lists a file that does not exist.
+    format, lacks a field, lists a file that does not exist, or a file whose shape is not the sample's
+    (``dims`` in the manifest, else the scan's): the files of one dataset mixed with another's.
     """
     p = Path(path_or_dir)
     mpath = p / "manifest.json" if p.is_dir() else p
@@ -260,6 +270,7 @@ def load_manifest(path_or_dir) -> Dataset:
                 if not fp.is_file():
                     raise ScanError(f"{mpath}: sample {name!r} lists {key} file {fp}, which does not exist")
                 paths[key] = fp
+            _check_shapes(mpath, name, paths, s.get("dims"))
             pores = s.get("pores")
             pores = (root / pores) if pores and not Path(pores).is_absolute() else (Path(pores) if pores else None)
             spacing = tuple(float(v) for v in s["spacing"])
@@ -277,3 +288,27 @@ def load_manifest(path_or_dir) -> Dataset:
             what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ScanError(f"{mpath}: sample #{k + 1} is invalid: {what}") from None
     return Dataset(root=root, samples=samples, preset=data.get("preset"), seed=data.get("seed"))
+
+
+def _npy_shape(path: Path, mpath: Path) -> tuple[int, ...]:
+    """The shape in a ``.npy`` file's header (nothing else is read)."""
+    try:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape  # memory-mapped: only the header is read
+    except (OSError, ValueError, EOFError) as exc:
+        raise ScanError(f"{mpath}: {path} is not a readable .npy file ({' '.join(str(exc).split())[:120]})") from None
+    return tuple(int(v) for v in shape)
+
+
+def _check_shapes(mpath: Path, name: str, paths: dict, dims) -> None:
+    """Every file of a sample has the manifest's ``dims`` (when listed), else the scan's shape."""
+    expected = tuple(int(v) for v in dims) if isinstance(dims, (list, tuple)) and dims else None
+    for key in ("scan", "truth", "object"):
+        fp = paths[key]
+        if fp.suffix.lower() != ".npy":
+            continue
+        found = _npy_shape(fp, mpath)
+        if expected is None:
+            expected = found
+        elif found != expected:
+            raise ScanError(f"{mpath}: sample {name!r} {key} file {fp} has shape {list(found)}, the manifest "
+                            f"expects {list(expected)} (files of another dataset?)")
