@@ -109,9 +109,10 @@ def cv(data, net, profile, labels, params, scale, seed, quiet):
               "models:/NAME/STAGE|VERSION, or a model folder.")
 @click.option("-o", "--out", "out", required=True,
               help="Output folder: <scan>_pseudo.npy (uint8) + stats.json.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier porelab output.")
 @click.option("--profile", type=_PROFILES, default="quick", show_default=True,
               help="Profile (simulated data when --data is empty).")
-def pseudolabel(data, model, out, profile):
+def pseudolabel(data, model, out, profile, overwrite):
     """Pseudo-labels of every cv scan of a dataset from an (unsupervised) model.
 
     Score → threshold (the model's) inside the part → pores smaller than the policy's minimum
@@ -128,13 +129,14 @@ def pseudolabel(data, model, out, profile):
     import numpy as np
 
     from porelab import tracking
-    from porelab._io import atomic_path
+    from porelab._io import atomic_path, prepare_output
     from porelab.search import make_context, pseudo_labels
 
+    target = prepare_output(out, inputs=[data], overwrite=overwrite, is_dir=True)
     tracking.setup_mlflow()
     ctx = make_context(profile, data, 0)
     labels, stats, info = pseudo_labels(ctx, model)
-    with atomic_path(Path(out), is_dir=True) as tmp:
+    with atomic_path(target, is_dir=True, overwrite=overwrite, marker="pseudolabel") as tmp:
         tmp.mkdir(exist_ok=True)
         for name, mask in labels.items():
             np.save(tmp / f"{name}_pseudo.npy", mask.astype(np.uint8))

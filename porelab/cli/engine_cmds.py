@@ -94,7 +94,8 @@ def overlay_png(path: Path, volume, mask, *, title: str = "") -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="One seed for numpy, torch and TorchIO.")
 @click.option("--checkpoints", type=click.Path(), default=None,
               help="Folder for best.pt/last.pt; training resumes from last.pt when it exists.")
-def train(data, net_name, output, profile, labels, scale, max_epochs, seed, checkpoints):
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it holds an earlier porelab output.")
+def train(data, net_name, output, profile, labels, scale, max_epochs, seed, checkpoints, overwrite):
     """Train one network on a dataset's cylinders and save a model folder.
 
     All cv scans but the last train the net; the last one is the validation scan (early stopping and the
@@ -118,6 +119,9 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
     from porelab.normalise import Normalisation
     from porelab.train import TrainConfig, fit
 
+    from porelab._io import prepare_output
+
+    output = prepare_output(output, inputs=[data], overwrite=overwrite, is_dir=True)  # before any training
     prof = get_profile(profile)
     overrides = {"max_epochs": max_epochs} if max_epochs is not None else {}
     if max_epochs is not None and max_epochs < 1:
@@ -169,7 +173,9 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
 # ---------------------------------------------------------------------------------------------------------------
 @click.command("segment")
 @click.argument("scan", type=click.Path())
-@click.option("-o", "--output", "output", required=True, type=click.Path(), help="Output folder (replaced).")
+@click.option("-o", "--output", "output", required=True, type=click.Path(),
+              help="Output folder: new or empty (an earlier porelab output only with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it holds an earlier porelab output.")
 @click.option("--model", "model_spec", required=True,
               help="A model folder saved by `porelab train`, or a registered model name / models:/ URI.")
 @click.option("--threshold", type=float, default=None, help="Score threshold (default: the model's).")
@@ -182,7 +188,7 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
 @click.option("--mask-format", type=click.Choice(MASK_FORMATS), default="npy", show_default=True,
               help="File format of the uint8 mask.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present).")
-def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_format, device):
+def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_format, device, overwrite):
     """Segment pores in a CT scan with a trained model.
 
     Writes into OUTPUT: score.npy (float32 voxel score, higher = more likely pore; (z, y, x)), mask.<ext>
@@ -204,13 +210,14 @@ def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_f
     """
     import numpy as np
 
-    from porelab._io import atomic_path, write_json
+    from porelab._io import atomic_path, prepare_output, write_json
     from porelab.errors import ConfigError
     from porelab.model import resolve_model
     from porelab.volume import read_volume, write_volume
 
     from porelab.runtime import get_device
 
+    out_dir = prepare_output(output, inputs=[scan, model_spec], overwrite=overwrite, is_dir=True)
     if skin is not None and skin < 0:
         raise ConfigError(f"--skin must be >= 0 voxels, got {skin}")
     if threshold is not None and not math.isfinite(threshold):
@@ -222,8 +229,7 @@ def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_f
     vol = read_volume(scan, spacing=spacing)      # ... or a bad scan
     thr = model.threshold if threshold is None else float(threshold)
     t0 = time.perf_counter()
-    out_dir = Path(output)
-    with atomic_path(out_dir, is_dir=True) as tmp:
+    with atomic_path(out_dir, is_dir=True, overwrite=overwrite, marker="segment") as tmp:
         tmp.mkdir(exist_ok=True)
         out = None
         if not no_score:

@@ -26,17 +26,21 @@ def _one_line_warnings():
                 click.echo(f"porelab: warning: {' '.join(str(w.message).split())}", err=True)
 
 
-def _check_output(path: Path, *, inputs=()) -> None:
-    """Fail before any work when the output path has an unknown format or would overwrite an input."""
+def _check_output(path: Path, *, inputs=(), overwrite: bool = False) -> Path:
+    """Fail before any work when the output path has an unknown format, would overwrite or hold an input, or
+    exists (see :func:`porelab._io.prepare_output`); return it resolved."""
+    from porelab._io import prepare_output
     from porelab.errors import ConfigError
     from porelab.volume import SCAN_SUFFIXES
 
     name = path.name.lower()
     if path.suffix and not any(name.endswith(s) for s in SCAN_SUFFIXES):
         raise ConfigError(f"{path}: unknown output format {path.suffix}; use one of {', '.join(SCAN_SUFFIXES)}")
-    for p in inputs:
-        if p is not None and Path(p).resolve() == path.resolve():
-            raise ConfigError(f"{path}: output would overwrite the input")
+    is_dir = not path.suffix or name.endswith(".zarr")  # a folder of TIFF slices, or a zarr store
+    return prepare_output(path, inputs=inputs, overwrite=overwrite, is_dir=is_dir)
+
+
+_OVERWRITE_HELP = "Replace an existing output (a folder only when porelab wrote it)."
 
 
 @click.command(name="info")
@@ -91,8 +95,9 @@ def info(scan: Path, as_json: bool, spacing):
                    "part's blurred skin is not labelled as one big pore (2 suits blurred scans).")
 @click.option("--spacing", nargs=3, type=float, default=None, metavar="Z Y X", help=_SPACING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts and thresholds as JSON.")
+@click.option("--overwrite", is_flag=True, help=_OVERWRITE_HELP)
 def label(scan: Path, output: Path, min_extent: int, corners: str, surface_margin: int, spacing,
-          as_json: bool):
+          as_json: bool, overwrite: bool):
     """Heuristic pore labels by Algorithm 1 of Iuso et al. (2024).
 
     Otsu threshold over the scan -> low voxels; flood fill of the low voxels 6-connected to a corner
@@ -112,12 +117,12 @@ def label(scan: Path, output: Path, min_extent: int, corners: str, surface_margi
     from porelab.labels import run_algorithm1
     from porelab.volume import read_volume, write_volume
 
-    _check_output(output, inputs=[scan])
+    target = _check_output(output, inputs=[scan], overwrite=overwrite)
     vol = read_volume(scan, spacing=spacing)
     with _one_line_warnings():
         res = run_algorithm1(vol.array, min_extent=min_extent, corners=corners, surface_margin=surface_margin,
                              progress=True)
-    write_volume(output, res.pores.view("uint8"), spacing=vol.spacing)
+    write_volume(target, res.pores.view("uint8"), spacing=vol.spacing)
     s = res.summary()
     if as_json:
         click.echo(json.dumps(dict(s, output=str(output), spacing=list(vol.spacing))))
@@ -139,7 +144,8 @@ def label(scan: Path, output: Path, min_extent: int, corners: str, surface_margi
               help="A watertight object mask to use instead of the one found in --volume.")
 @click.option("--spacing", nargs=3, type=float, default=None, metavar="Z Y X",
               help="Voxel size in mm, order z y x; default: from the scan's (else the mask's) metadata.")
-def report(mask: Path, out_dir: Path, volume: Path | None, object_path: Path | None, spacing):
+@click.option("--overwrite", is_flag=True, help=_OVERWRITE_HELP)
+def report(mask: Path, out_dir: Path, volume: Path | None, object_path: Path | None, spacing, overwrite: bool):
     """Per-pore analysis of a pore mask: table, porosity %, size histogram and slice overlay.
 
     Pores are the 6-connected components of MASK (non-zero = pore). Writes into DIR:
@@ -157,9 +163,11 @@ def report(mask: Path, out_dir: Path, volume: Path | None, object_path: Path | N
       6-8)), median eq. diameter 1.177 mm
       porelab report mask.tif --spacing 0.01 0.01 0.01 -o report
     """
+    from porelab._io import atomic_path, prepare_output
     from porelab.pores import write_report
     from porelab.volume import read_mask, read_volume
 
+    target = prepare_output(out_dir, inputs=[mask, volume, object_path], overwrite=overwrite, is_dir=True)
     m, mask_spacing = read_mask(mask, with_spacing=True)
     vol = read_volume(volume, spacing=spacing) if volume is not None else None
     if vol is not None and vol.shape != m.shape:
@@ -175,8 +183,8 @@ def report(mask: Path, out_dir: Path, volume: Path | None, object_path: Path | N
         else:
             click.echo("porelab: warning: no voxel size known (pass --spacing Z Y X in mm); "
                        "lengths and volumes are in voxel units", err=True)
-    with _one_line_warnings():
-        s = write_report(m, out_dir, volume=vol, spacing=spacing, object_mask=obj, progress=True)
+    with _one_line_warnings(), atomic_path(target, is_dir=True, overwrite=overwrite, marker="report") as tmp:
+        s = write_report(m, tmp, volume=vol, spacing=spacing, object_mask=obj, progress=True)
     unit = "mm" if s["units"] == "mm" else "voxels"
     p50 = s["eq_diameter_mm"]["p50"]
     click.echo(f"{out_dir}: {s['pore_count']} pores, porosity {s['porosity_percent']:.3f} % "

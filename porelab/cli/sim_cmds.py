@@ -18,7 +18,8 @@ import click
 @click.option("--porosity", type=float, default=None, metavar="PCT",
               help="Target pore volume in % of each part (realistic 0.1-2; default 0.75, smoke 2).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def simulate(out: Path, preset: str, seed: int, porosity: float | None, quiet: bool):
+@click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier porelab dataset.")
+def simulate(out: Path, preset: str, seed: int, porosity: float | None, quiet: bool, overwrite: bool):
     """Simulate the paper's dataset: five cylinders (cross-validation: one Ti6Al4V, two CoCr, two 316L, of
     comparable image quality) and one hard 316L cube (fewer projections, lower exposure, stronger beam
     hardening, rings), by X-ray CT physics with exact pore truth.
@@ -29,7 +30,9 @@ def simulate(out: Path, preset: str, seed: int, porosity: float | None, quiet: b
       NAME_truth.npy   uint8 exact pore mask
       NAME_object.npy  uint8 watertight part (pores count as part)
       NAME_pores.json  the placed pores (kind gas|keyhole|lof, centre (z, y, x) voxels, size)
-    and manifest.json (written last). Voxel sizes (mm) are in the manifest and in NAME_*.npy.json.
+    and manifest.json. Voxel sizes (mm) are in the manifest and in NAME_*.npy.json. The dataset is written
+    into a temporary folder beside OUT and renamed to OUT when complete; an existing OUT must be empty, or an
+    earlier porelab dataset and --overwrite given.
 
     \b
     Example:
@@ -39,7 +42,8 @@ def simulate(out: Path, preset: str, seed: int, porosity: float | None, quiet: b
     from porelab.simulate.dataset import load_manifest, simulate_dataset
 
     t0 = time.perf_counter()
-    manifest = simulate_dataset(out, preset=preset, seed=seed, progress=not quiet, porosity=porosity)
+    manifest = simulate_dataset(out, preset=preset, seed=seed, progress=not quiet, porosity=porosity,
+                                overwrite=overwrite)
     ds = load_manifest(manifest)
     rows = [("name", "role", "material", "shape", "voxels (z,y,x)", "voxel µm", "projections", "exposure",
              "hardening", "porosity %", "pores")]
@@ -75,8 +79,9 @@ def simulate(out: Path, preset: str, seed: int, porosity: float | None, quiet: b
 @click.option("--spacing", type=float, default=None, metavar="MM",
               help="Voxel size to use when SCAN's file carries none.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT when it exists (never SCAN itself).")
 def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: int, base_projections,
-            base_exposure, spacing, quiet: bool):
+            base_exposure, spacing, quiet: bool, overwrite: bool):
     """Re-scan SCAN with fewer projections and lower exposure (Iuso et al. 2024, section 4.8).
 
     Each axial slice (z, y, x order; z = rotation axis) is re-projected, every k-th projection is kept,
@@ -89,7 +94,9 @@ def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: in
       porelab degrade data/cube_scan.npy -o cube_p50_e25.npy --projections 0.5 --exposure 0.25
     """
     import json
+    import math
 
+    from porelab.cli.scan_cmds import _check_output
     from porelab.errors import ConfigError
     from porelab.simulate.ct import degrade as degrade_scan
     from porelab.volume import read_volume, write_volume
@@ -98,6 +105,13 @@ def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: in
         raise ConfigError(f"--projections {projections} must be a fraction in (0, 1]")
     if not 0 < exposure <= 1:
         raise ConfigError(f"--exposure {exposure} must be a fraction in (0, 1]")
+    if base_projections is not None and base_projections < 1:
+        raise ConfigError(f"--base-projections {base_projections} must be a positive number of projections")
+    if base_exposure is not None and not (base_exposure > 0 and math.isfinite(base_exposure)):
+        raise ConfigError(f"--base-exposure {base_exposure} must be a positive photon count")
+    if spacing is not None and not (spacing > 0 and math.isfinite(spacing)):
+        raise ConfigError(f"--spacing {spacing} must be a positive voxel size in mm")
+    target = _check_output(Path(out), inputs=[scan], overwrite=overwrite)
     sp = None if spacing is None else (spacing, spacing, spacing)
     vol = read_volume(scan, spacing=sp)
     voxel_mm = None
@@ -110,7 +124,7 @@ def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: in
     result = degrade_scan(vol.array, projections=projections, exposure=exposure, seed=seed,
                           base_projections=base_projections, base_exposure=base_exposure, voxel_mm=voxel_mm,
                           progress=not quiet)
-    write_volume(out, result, spacing=vol.spacing)
+    write_volume(target, result, spacing=vol.spacing)
     click.echo(json.dumps({"out": str(out), "shape": list(result.shape), "projections": projections,
                            "exposure": exposure, "base_projections": base_projections,
                            "base_exposure": base_exposure}))
