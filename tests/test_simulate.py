@@ -269,6 +269,10 @@ def test_cli_simulate_is_deterministic_and_degrade_writes_by_extension(tmp_path,
     ["degrade", "{scan}", "-o", "{tmp}/o.npy", "--projections", "1.5"],
     ["degrade", "{scan}", "-o", "{tmp}/o.npy", "--exposure", "0"],
     ["simulate", "{tmp}/d", "--preset", "smoke", "--porosity", "9", "--quiet"],
+    ["simulate", "{tmp}/d", "--preset", "smoke", "--seed", "-1", "--quiet"],
+    ["degrade", "{scan}", "-o", "{tmp}/o.npy", "--base-projections", "0"],
+    ["degrade", "{scan}", "-o", "{tmp}/o.npy", "--base-exposure", "0"],
+    ["degrade", "{scan}", "-o", "{scan}", "--overwrite"],
 ])
 def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, smoke_dataset, args):
     from porelab.cli import main
@@ -278,4 +282,5 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, smoke_dataset, args
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("porelab: error:") and "Traceback" not in res.output
-    assert not (tmp_path / "o.npy").exists() and not (tmp_path / "d" / "manifest.json").exists()
+    assert not (tmp_path / "o.npy").exists() and not (tmp_path / "d").exists()
+    assert list(tmp_path.iterdir()) == []
