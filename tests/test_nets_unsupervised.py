@@ -11,7 +11,7 @@ from porelab.errors import ConfigError
 from porelab.losses_vae import build_unsupervised_loss
 from porelab.nets import UNSUPERVISED, build
 
-NETS = ("vae", "cevae", "gmvae", "vqvae", "rvvae")
+NETS = UNSUPERVISED   # a net added to the registry is tested here without editing this file
 
 #: Iuso et al. (2024), Table 8, parameters at 64³.
 TABLE8 = {"vae": 29.024e6, "cevae": 140.650e6, "gmvae": 383.650e6, "vqvae": 2.511e6, "rvvae": 29.024e6}
@@ -42,9 +42,12 @@ def test_output_shapes_and_range_in_train_and_eval(name, patch):
         net.train(train)
         with torch.no_grad():
             out = net(x)
+            # ×100 drives the decoder's last pre-activation far from 0: without the final sigmoid (or
+            # clamp) the reconstruction would leave [0, 1]
+            extreme = net(100.0 * (x - 0.5))["recon"]
         assert isinstance(out, dict)
         assert out["recon"].shape == (2, 1, patch, patch, patch)
-        assert float(out["recon"].min()) >= 0.0 and float(out["recon"].max()) <= 1.0
+        assert torch.isfinite(extreme).all() and float(extreme.min()) >= 0.0 and float(extreme.max()) <= 1.0
         assert torch.isfinite(out["recon"]).all()
         _, terms = build_unsupervised_loss(name)(out, x)
         assert all(math.isfinite(v) for v in terms.values())
@@ -68,8 +71,8 @@ def test_eval_is_deterministic_and_reconstruct_matches(name):
 def test_table8_parameter_count_at_scale_one(name):
     with torch.device("meta"):
         net = build(name, scale=1.0)
-    n = sum(p.numel() for p in net.parameters())
-    assert abs(n / TABLE8[name] - 1) < 0.02, (name, n)
+    n = sum(p.numel() for p in net.parameters())   # the vqVAE's codebook included, as Table 8 counts it
+    assert round(n / 1e6, 3) == TABLE8[name] / 1e6, (name, n)   # Table 8: millions, three decimals
 
 
 #: (scale, learning rate, steps) per net for the short training test (gmVAE is the slowest per step on CPU).
@@ -105,10 +108,6 @@ def test_bad_patch_size_and_input_shape_raise_config_error():
     net = build("vae", scale=TINY, patch_size=16)
     with pytest.raises(ConfigError, match="16"):
         net(torch.zeros(1, 1, 32, 32, 32))
-
-
-def test_registry_lists_the_five_unsupervised_nets():
-    assert set(UNSUPERVISED) == set(TABLE8)
 
 
 def test_vae_samples_in_training_only():
@@ -221,8 +220,13 @@ def test_rvvae_is_deterministic_in_training_and_returns_moments():
     with torch.no_grad():
         a, b = net(x), net(x)
     assert torch.equal(a["recon"], b["recon"])  # no sampling even in training mode
-    assert a["recon_var"].shape == a["recon"].shape and float(a["recon_var"].min()) >= 0
-    assert float(a["recon_var"].max()) > 0  # the latent variance reaches the output
+    assert a["recon_var"].shape == a["recon"].shape
+    # the output variance is the decoder's propagation of the latent variance e^logvar, and grows with it
+    mu, var = a["mu"][:, :, None, None, None], a["logvar"].exp()[:, :, None, None, None]
+    with torch.no_grad():
+        out_var = [float(net.decoder(mu, f * var)[1].mean()) for f in (0.5, 1.0, 2.0)]
+        assert torch.equal(net.decoder(mu, var)[1], a["recon_var"])
+    assert out_var[0] < out_var[1] < out_var[2]
     assert torch.equal(net.reconstruct(x), a["recon"])
     # the mean path is not the plain deterministic decoder: variance shifts the output mean
     with torch.no_grad():
@@ -302,7 +306,10 @@ def test_vqvae_codebook_follows_the_ema_in_training_and_is_frozen_in_eval():
     loss.backward()
     assert vq.codebook.grad is None
     assert float(net.encoder[0].weight.grad.abs().sum()) > 0
-    assert 1.0 <= float(out["perplexity"]) <= 16.0
+    # perplexity = exp(entropy) of the batch's code usage
+    p = torch.bincount(out["indices"].flatten(), minlength=16).double() / out["indices"].numel()
+    p = p[p > 0]
+    assert float(out["perplexity"]) == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-5)
     # frozen in eval mode and in reconstruct()
     frozen = vq.codebook.clone()
     net.eval()
