@@ -137,17 +137,20 @@ def test_detection_rate_and_porosity_error():
 
 
 def test_fold_statistics():
-    mean, half = fold_summary([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.302652729911275 / math.sqrt(3))
+    from scipy.stats import t as student
+    from scipy.stats import ttest_ind
+
+    mean, half = fold_summary([1.0, 2.0, 3.0])       # s = 1: the 95 % half-width is t(0.975, 2) / √3
+    assert mean == 2.0 and half == pytest.approx(student.ppf(0.975, 2) / math.sqrt(3))
     assert math.isnan(fold_summary([0.5])[1])
     a, b = np.array([0.81, 0.84, 0.79, 0.86, 0.83]), np.array([0.70, 0.78, 0.66, 0.74, 0.80, 0.71])
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
     t = (a.mean() - b.mean()) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    from scipy.stats import t as student
-
     assert welch_test(a, b) == pytest.approx(2 * student.sf(abs(t), df), rel=1e-9)
-    assert welch_test(a, a + 1e-3 * np.arange(5)) > 0.9
+    assert welch_test(a, b) == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+    close = a + 1e-3 * np.arange(5)
+    assert welch_test(a, close) == pytest.approx(ttest_ind(a, close, equal_var=False).pvalue, rel=1e-9)
 
 
 def test_plot_pr_roc_writes_png_atomically(rng, tmp_path):

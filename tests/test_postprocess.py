@@ -99,7 +99,11 @@ def test_compensation_removes_surface_keeps_pores():
     A_pores, lam, sigma, info = surface_compensation(A, v_hat, return_info=True)
     assert lam > 0 and sigma > 0
     assert A_pores.dtype == np.float32 and A_pores.shape == A.shape
-    assert A_pores.min() >= 0
+    # eq. (2) at the returned λ*, σ*, with the clamp at 0 active on the skin
+    D = sum(np.abs(g) for g in np.gradient(v_hat.astype(np.float64)))
+    residual = A - lam * gaussian_filter(D, sigma, mode="nearest")
+    np.testing.assert_allclose(A_pores, np.maximum(0, residual), atol=2e-5)
+    assert (residual < -1e-3).sum() > 100 and (A_pores[residual < -1e-3] == 0).all()
     ap_before = average_precision_score(truth.ravel(), A.ravel())
     ap_after = average_precision_score(truth.ravel(), A_pores.ravel())
     assert ap_before < 0.1 and ap_after > 0.8, (ap_before, ap_after)
