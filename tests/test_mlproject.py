@@ -13,8 +13,8 @@ import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = ("search", "simulate", "train", "cv", "pseudolabel", "retrain", "segment", "evaluate",
-                "complexity", "degrade")
+#: one script per entry point in entrypoints/ (``_common.py`` is their shared helper)
+ENTRY_POINTS = tuple(sorted(p.stem for p in (ROOT / "entrypoints").glob("*.py") if not p.stem.startswith("_")))
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +24,38 @@ def project():
     return load_project(str(ROOT))
 
 
+def _command(name):
+    from porelab.cli import COMMANDS
+
+    return __import__(COMMANDS[name][0], fromlist=["x"]).__dict__[COMMANDS[name][1]]
+
+
 def test_entry_points_declared_and_typed(project):
+    """Every script is an entry point, and each parameter's type and default agree with the click option it
+    fills: ``mlflow run`` without ``-P`` does what ``porelab`` without the option does."""
+    import click
+
     assert set(project._entry_points) == set(ENTRY_POINTS)
     assert project.env_type == "conda_env"
     assert Path(project.env_config_path).name == "conda.yaml"
-    search = project.get_entry_point("search")
-    types = {k: p.type for k, p in search.parameters.items()}
-    assert types == {"profile": "string", "data": "string", "n_trials": "int", "study_name": "string",
-                     "storage": "string", "seed": "int"}
-    defaults = {k: p.default for k, p in search.parameters.items()}
-    assert defaults == {"profile": "quick", "data": "", "n_trials": 0, "study_name": "porelab", "storage": "",
-                        "seed": 0}
+    click_type = {"int": (click.types.IntParamType,), "float": (click.types.FloatParamType,),
+                  "string": (click.types.StringParamType, click.Path, click.Choice), "path": (click.Path,)}
+    checked = 0
+    for name in ENTRY_POINTS:
+        ep = project.get_entry_point(name)
+        command = _command(name)
+        for key, param in ep.parameters.items():
+            m = re.search(r"(--?[a-z][\w-]*)\s+\{%s\}" % key, ep.command)
+            if m is None:                                   # a positional argument
+                continue
+            option = next(o for o in command.params if m.group(1) in o.opts)
+            assert isinstance(option.type, click_type[param.type]), (name, key, option.type)
+            if isinstance(option.type, click.Choice) and param.default is not None:
+                assert param.default in option.type.choices, (name, key)
+            if isinstance(option.default, (str, int, float)):      # options without a default are skipped
+                assert str(param.default) == str(option.default), (name, key, param.default, option.default)
+                checked += 1
+    assert checked >= 10       # the comparison above really runs
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)
@@ -49,7 +70,7 @@ def test_each_entry_point_runs_a_porelab_command(project, name, tmp_path):
     text = (ROOT / script).read_text()
     assert f'run("{name}"' in text and name in COMMANDS
     # every --option the MLproject passes exists on the click command
-    command = __import__(COMMANDS[name][0], fromlist=["x"]).__dict__[COMMANDS[name][1]]
+    command = _command(name)
     known = {o for p in command.params for o in getattr(p, "opts", [])}
     passed = set(re.findall(r"\s(--?[a-z][\w-]*)", cmd))
     assert passed <= known, f"{name}: unknown options {passed - known}"

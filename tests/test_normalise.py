@@ -13,13 +13,17 @@ def test_simulated_air_and_metal_map_to_0_and_0p8_across_materials(smoke_dataset
     materials = set()
     for info in smoke_dataset.samples:
         scan, truth, obj = info.load()
-        x = Normalisation.fit(scan).apply(scan)
+        norm = Normalisation.fit(scan)
+        x = norm.apply(scan)
         assert x.dtype == np.float32 and x.shape == scan.shape
         metal = obj.astype(bool) & ~truth.astype(bool)
         air = ~obj.astype(bool)
         assert abs(float(np.median(x[metal])) - TARGET_MATERIAL) < 0.05, info.name
         assert abs(float(np.median(x[air]))) < 0.05, info.name
-        assert x.min() >= 0.0 and x.max() <= 1.0
+        # the linear map, clipped to [0, 1] (air noise below the air level is clipped)
+        linear = (scan.astype(np.float64) - norm.air) / (norm.material - norm.air) * TARGET_MATERIAL
+        np.testing.assert_allclose(x, np.clip(linear, 0.0, 1.0), atol=1e-5)
+        assert (linear < 0).mean() > 0.1 and (x[linear < 0] == 0).all()
         materials.add(info.material)
     assert len(materials) >= 2  # the check really spans several attenuations
 
