@@ -52,9 +52,10 @@ def test_evaluate_mask_threshold_and_default_dir(files):
     ref = evaluate_scores(score, truth, mask=obj, threshold=1.5)
     assert got["threshold"] == 1.5 and got["dice"] == pytest.approx(ref["dice"])
     assert got["ap"] == pytest.approx(ref["ap"]) and got["n_voxels"] == obj.sum()
-    assert (paths["score"].parent / "cyl_score_pr_roc.png").exists()
+    assert not (paths["score"].parent / "cyl_score_pr_roc.png").exists()   # --json alone only prints
     human = run(["evaluate", paths["score"], paths["truth"]])
     assert human.exit_code == 0 and human.stdout.splitlines()[0].split()[0] == "ap"
+    assert (paths["score"].parent / "cyl_score_pr_roc.png").exists()       # beside SCORE by default
 
 
 def test_evaluate_bad_inputs_are_one_line(files, tmp_path):
@@ -83,7 +84,8 @@ def test_complexity_json_and_errors():
     r = run(["complexity", "--names", "unet", "--patch", "16", "--scale", "0.125", "--json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
-    assert [set(row) for row in rows] == [{"name", "params", "macs", "fwd_peak_mb", "bwd_peak_mb", "total_macs"}]
+    assert [set(row) for row in rows] == [{"name", "params", "trainable_params", "macs", "fwd_peak_mb",
+                                           "bwd_peak_mb", "total_macs"}]
     ref = measure("unet", patch=16, scale=0.125)
     assert rows[0]["params"] == ref["params"] and rows[0]["macs"] == ref["macs"]
     assert rows[0]["total_macs"] == ref["total_macs"]
