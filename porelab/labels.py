@@ -23,9 +23,9 @@ How it stays within a few bytes per voxel on 10^9-voxel scans (measured by ``ben
   ``skimage.filters.threshold_otsu(hist=...)``, so it equals scikit-image's on the same data.
 * Masks are bool (1 B/voxel): the low/candidate mask and the object mask are the only full-size arrays.
 * Connected components are found slab by slab with ``scipy.ndimage.label`` (6-connectivity) on slabs of
-  16 M voxels, and the labels of touching faces between slabs are merged with a sparse graph
+  4 M voxels, and the labels of touching faces between slabs are merged with a sparse graph
   (``scipy.sparse.csgraph.connected_components``); bounding boxes come from ``ndimage.find_objects``.
-  A whole-volume int32 label array would cost 4 B/voxel; the slab labels cost 64 MB whatever the size.
+  A whole-volume int32 label array would cost 4 B/voxel; the slab labels cost 16 MB whatever the size.
   The price is labelling every slab twice (the second pass writes the kept components).
 """
 
@@ -85,7 +85,7 @@ def otsu_threshold(scan: np.ndarray, *, mask: np.ndarray | None = None, nbins: i
     ``skimage.filters.threshold_otsu(hist=(counts, centres))``. Voxels are low when ``scan <= t``.
     NaN and infinite voxels are ignored.
 
-    Memory: one slab (16 M voxels) at a time, never a sorted or float64 copy of the scan.
+    Memory: one slab (4 M voxels) at a time, never a sorted or float64 copy of the scan.
     """
     from skimage.filters import threshold_otsu
 
@@ -150,7 +150,7 @@ class _SlabLabeller:
     """``ndimage.label`` (6-connectivity) of one z-slab, cropped to the slab's (y, x) bounding box of True
     voxels and written into one reused int32 buffer. The crop makes sparse masks (pore candidates in a
     part that fills a fraction of the field) several times cheaper; reusing the buffer saves the
-    allocation and page faults of a fresh 16 MB label array per slab (measured: ~30 % of label's time)."""
+    allocation and page faults of a fresh 16 MB label array per slab (docs/experiments.md, "Algorithm 1")."""
 
     def __init__(self, shape):
         first = next(iter_slabs(shape, _SLAB_VOXELS))
@@ -384,10 +384,9 @@ def run_algorithm1(scan: np.ndarray, *, min_extent: int = 2, corners: str = "one
         0 (the paper): every object voxel may be a candidate. k > 0 (not in the paper): candidates within k
         voxels (6-connected steps) of the outside are ignored; the edges of the field do not count as
         outside. The object's partial-volume skin lies between the two thresholds and otherwise becomes one
-        large shell-shaped "pore". Measured on the five cylinders of ``porelab simulate --preset smoke``
-        (true porosity 2.2-2.5 %): k = 0 gives 24-26 % and Dice 0.15-0.18 with the truth, k = 2 gives
-        3.8-4.1 % and Dice 0.68-0.74 (the blur still widens the pores). ``t2`` is still computed over the
-        whole object, as the paper says.
+        large shell-shaped "pore" that multiplies the porosity several times over; k = 2 removes it on
+        simulated scans (docs/experiments.md, "Algorithm 1"). ``t2`` is still computed over the whole
+        object, as the paper says.
     progress : bool
         tqdm bars on stderr.
 

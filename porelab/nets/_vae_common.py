@@ -1,7 +1,7 @@
 """Building blocks shared by the VAE family (VAE, ceVAE, RV-VAE, gmVAE, vqVAE).
 
-The dense VAE topology (Iuso et al. 2024, Sect. 3 and Table 8; layer structure from the paper's public code,
-see ``reference/paper-code-facts.md`` §2.6):
+The dense VAE topology (Iuso et al. 2024, Sect. 3 and Table 8; layer structure from the paper's public
+code, ``examples/VAE.yaml``):
 
 * encoder: four 3×3×3 convolutions with stride 2 (replicate padding, bias, LeakyReLU), channels
   ``1 → c0 → c1 → c2 → c3``, resolution ``P → P/16``; then a "latent" convolution with kernel ``P/16``,
@@ -11,7 +11,7 @@ see ``reference/paper-code-facts.md`` §2.6):
   3×3×3 conv + activation, then three stages ``ConvTranspose(k2, s2) + conv3 + act`` (c3→c2→c1→c0), and a
   last stage ``ConvTranspose(k2, s2) c0 → 1``, ``conv3 1 → 1`` and a sigmoid.
 
-Differences from the public code (deliberate, see the facts file §10):
+Deliberate differences from the paper's public code:
 
 * the second half of the latent is used as ``log σ²`` (the public code uses ``exp`` of it as σ);
 * the latent convolution is linear (the public code passes μ and log σ through a LeakyReLU, which

@@ -9,7 +9,7 @@ Design choice: the masking happens **inside the training-mode forward pass**, wh
 at hand, so the training engine needs nothing but ``out = net(x)`` and ``loss_fn(out, x)``. The masked
 copy is a new tensor: the caller's ``x`` is never modified, and the loss compares both reconstructions
 with the *unmasked* input. (The paper's public code masks the batch in place and so trains against the
-masked input; porelab does not copy that, see ``reference/paper-code-facts.md`` §3.2.)
+masked input; porelab does not copy that.)
 
 Masking (after the public code's ``delete_parallelepipedic_regions``): per sample, one box size is drawn
 per axis uniformly from ``[P//16, P//4)`` voxels (at least 1), then 1 or 2 boxes of that size are placed

@@ -1,6 +1,7 @@
 """Gaussian-mixture VAE (gmVAE; Dilokthanakul et al. 2016, for anomaly detection Chen et al. 2020) in 3-D.
 
-Layer structure (Iuso et al. 2024, Table 8; ``reference/paper-code-facts.md`` §2.8), at ``scale=1.0``:
+Layer structure (Iuso et al. 2024, Table 8; the paper's public code, ``examples/gmVAE.yaml``), at
+``scale=1.0``:
 
 * encoder: five double-conv levels (3×3×3 conv + LeakyReLU, twice; replicate padding) with channels
   16, 64, 256, 1024, 1024 and 2× average pooling between them, giving a 1024-channel map at ``P/16``;

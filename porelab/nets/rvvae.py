@@ -8,9 +8,8 @@ W²), ReLUs (rectified-Gaussian moments), and the final sigmoid with the moments
 Appendix C. The parameter count equals the VAE's: 29,023,517 at ``scale=1.0`` and 64³ (Table 8:
 29.024 M).
 
-Differences from the public code (``reference/paper-code-facts.md`` §2.10): the latent convolution is linear
-(the public code applies a ReLU to it, which forces μ ≥ 0 and σ² ≥ 1), and the second latent half is
-log σ².
+Differences from the paper's public code: the latent convolution is linear (the public code applies a ReLU
+to it, which forces μ ≥ 0 and σ² ≥ 1), and the second latent half is log σ².
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Vector-quantised VAE (vqVAE; van den Oord et al. 2017) with an EMA codebook, in 3-D.
 
-Layer structure (Iuso et al. 2024, Table 8; the paper's ``vqVAE_more``, ``reference/paper-code-facts.md``
-§2.9), at ``scale=1.0`` (hidden width h = 128, residual width 32, D = 64, K = 512):
+Layer structure (Iuso et al. 2024, Table 8; the ``vqVAE_more`` model of the paper's public code), at
+``scale=1.0`` (hidden width h = 128, residual width 32, D = 64, K = 512):
 
 * encoder: conv k4 s2 p1 1 → h/4, ReLU, h/4 → h/2, ReLU, h/2 → h, ReLU (resolution ``P → P/8``), a 3×3×3
   conv h → h and a residual stack of two units (ReLU, conv3 h → 32 no bias, ReLU, conv1 32 → h no bias,
@@ -56,9 +56,8 @@ class VectorQuantizerEMA(nn.Module):
     with ``Ñ`` the Laplace-smoothed counts ``(N_k + ε) / (Σ N + K ε) · Σ N``. In eval mode the codebook is
     fixed.
 
-    Two choices differ from the reference implementation, both against codebook collapse (measured on a
-    toy volume at scale 0.125: with N(0, 1) codes every latent vector of the first batch picked the same
-    code, perplexity 1.0; with the data-dependent initialisation the first batch used 8.7 codes):
+    Two choices differ from the reference implementation (van den Oord et al. 2017), both against codebook
+    collapse, where every latent vector picks the same code (docs/experiments.md, "vqVAE codebook"):
 
     * data-dependent initialisation: at the first training step the codes are set to randomly chosen
       latent vectors of that batch (plus 1e-3 noise), as in k-means seeding (``initialised`` buffer);

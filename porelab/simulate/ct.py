@@ -40,8 +40,8 @@ def forward_project(vol: np.ndarray, theta: np.ndarray, *, progress: bool = Fals
 
     Values outside the inscribed circle of each slice must be zero (``radon(circle=True)``); the unit is
     "attenuation × voxel", multiply by the voxel size in mm for dimensionless line integrals.
-    scikit-image's ``radon`` holds the GIL, so threads do not help (measured: 0.79 s vs 0.78 s for 16
-    slices of 128² × 200 angles on 2 threads); the loop over slices is plain.
+    scikit-image's ``radon`` holds the GIL, so threads do not help (docs/experiments.md, "Simulator");
+    the loop over slices is plain.
     """
     import warnings
 
