@@ -23,7 +23,7 @@ from porelab.errors import ConfigError, ModelError
 
 LossFn = Callable[[dict, torch.Tensor], "tuple[torch.Tensor, dict[str, float]]"]
 
-#: Default loss parameters per unsupervised network (the public code's example YAML values).
+#: Default loss parameters per unsupervised network (the example YAMLs of the paper's public code).
 DEFAULT_WEIGHTS: dict[str, dict] = {
     # VAE_loss: L1 + gamma·KL, gamma = 1e-5 (examples/VAE.yaml)
     "vae": {"kl_weight": 1e-5, "recon": "l1"},

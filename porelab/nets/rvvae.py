@@ -1,8 +1,8 @@
 """RV-VAE (Nicodemou et al. 2023) in 3-D, as used by Iuso et al. (2024).
 
-The encoder is the dense VAE encoder (channel depths 32, 64, 128, 256, 1024; ReLU activations, as in the
-paper's ``examples/RV-VAE.yaml``). There is **no sampling**: the latent Gaussian ``N(μ, σ²)`` enters the
-decoder as a random variable, and every decoder layer propagates its mean and variance
+The encoder is the dense VAE encoder (channel depths 32, 64, 128, 256, 1024; ReLU activations, as in
+``examples/RV-VAE.yaml`` of the paper's public code). There is **no sampling**: the latent Gaussian
+``N(μ, σ²)`` enters the decoder as a random variable, and every decoder layer propagates its mean and variance
 (:mod:`porelab.nets._rv`): transposed convolutions and convolutions (mean through W, variance through
 W²), ReLUs (rectified-Gaussian moments), and the final sigmoid with the moments of Iuso et al. (2024),
 Appendix C. The parameter count equals the VAE's: 29,023,517 at ``scale=1.0`` and 64³ (Table 8:
