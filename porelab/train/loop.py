@@ -1,4 +1,4 @@
-"""Training loop: patches from a TorchIO queue, Adam, early stopping, checkpoints, resume, one seed.
+"""Training loop: patches from a TorchIO queue, Adam, one seed; the rest as callbacks.
 
 Iuso et al. (2024), §4.2: "Each of the models was trained with the Adam optimiser (learning rate of 0.0001)
 and halted through early stopping when the loss value did not decrease by more than 0.0001 for 40
@@ -6,9 +6,13 @@ consecutive epochs"; "A unique main seed propagated throughout the libraries". `
 are those values (and 64³ patches, batch 2); ``TrainConfig.from_profile`` scales them for a CPU.
 
 One epoch is ``samples_per_volume`` patches from every training scan, drawn by the queue (pore-centred and
-background-centred for supervised nets, uniform for unsupervised ones; see :mod:`porelab.patches`), with
-augmentation. The early-stopping loss is the mean loss on a fixed set of validation patches (the same
-sampler with a fixed seed, no augmentation), so epochs are comparable.
+background-centred for supervised nets, uniform for unsupervised ones; see :mod:`porelab.sampling`), with
+augmentation. The monitored loss is the mean loss on a fixed set of validation patches (the same sampler with
+a fixed seed, no augmentation), so epochs are comparable.
+
+``fit`` is one loop: epoch → training steps → validation → best weights → callbacks
+(:mod:`porelab.train.callbacks`: warm-up, collapse rollback, plateau restart, early stopping, checkpoints),
+whose actions (stop, roll back, restart) it applies.
 
 >>> net, history = fit(build("unet", scale=0.125), "unet", train, val, TrainConfig.from_profile("smoke"))
 ... # doctest: +SKIP
@@ -16,46 +20,27 @@ sampler with a fixed seed, no augmentation), so epochs are comparable.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from porelab.errors import ConfigError
+from porelab.train.callbacks import (
+    CONTINUE,
+    Action,
+    Callback,
+    Checkpointer,
+    CollapseRollback,
+    EarlyStopping,
+    PlateauRestart,
+    TrainState,
+    WarmUp,
+)
 from porelab.train.config import Sample, TrainConfig
-
-
-def _rng_state() -> dict:
-    import torch
-
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    import torch
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save(obj, path: Path) -> None:
-    import torch
-
-    from porelab._io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def validation_batches(val: list[Sample], *, supervised: bool, config: TrainConfig, seed: int) -> list:
@@ -145,8 +130,10 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
     use_amp = bool(config.amp and device.type == "cuda")
     net = net.to(device)
     loss_fn = build_loss(name, **config.loss_params)
-    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    state = TrainState(net=net, optimiser=_adam(net, config.lr, config), config=config, name=name, device=device,
+                       scaler=torch.amp.GradScaler("cuda", enabled=use_amp), amp=use_amp,
+                       callbacks=_callbacks(config, supervised=supervised, rebuild=rebuild,
+                                            checkpoint_dir=checkpoint_dir))
 
     val_batches = validation_batches(list(val), supervised=supervised, config=config, seed=seed)
     transform = augmentation(config.augment)
@@ -155,150 +142,148 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                        pore_ratio=config.pore_ratio, transform=transform)
     loader = make_loader(queue, config.batch_size)
 
-    history = {"train_loss": [], "val_loss": [], "seconds": [], "best_epoch": None, "best_val_loss": None,
-               "stopped_early": False, "epochs": 0, "device": str(device), "resumed_from": None,
-               "rollbacks": [], "restarts": []}
-    best_loss, best_state, wait, start_epoch = math.inf, None, 0, 0
-    attempt_start = 0         # first epoch of the current attempt (plateau restarts begin a new one)
-    attempt_steps = 0         # optimiser steps in the current attempt (learning-rate warm-up)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        last = ckpt / "last.pt"
-        if last.exists():
-            state = torch.load(last, map_location=device, weights_only=False)
-            net.load_state_dict(state["net"])
-            optimiser.load_state_dict(state["optimizer"])
-            if use_amp and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            start_epoch = int(state["epoch"]) + 1
-            best_loss, wait = float(state["best_loss"]), int(state["wait"])
-            history = state["history"]
-            attempt_start = int(state.get("attempt_start", 0))
-            attempt_steps = int(state.get("attempt_steps", 10**9))   # older checkpoints: warm-up is over
-            history["resumed_from"] = int(state["epoch"])
-            best_path = ckpt / "best.pt"
-            if best_path.exists():
-                best_state = torch.load(best_path, map_location="cpu", weights_only=True)
-            _set_rng_state(state["rng"])
-            if state.get("stopped"):
-                start_epoch = config.max_epochs  # finished run: nothing left to do
+    state.history = {"train_loss": [], "val_loss": [], "seconds": [], "best_epoch": None, "best_val_loss": None,
+                     "stopped_early": False, "epochs": 0, "device": str(device), "resumed_from": None,
+                     "rollbacks": [], "restarts": []}
+    for cb in state.callbacks:
+        cb.on_train_start(state)                # a checkpoint may replace the state here
+    history = state.history
+    history.setdefault("rollbacks", [])
+    history.setdefault("restarts", [])
 
-    def run_loss(output, x, y):
-        return loss_fn(output, y if supervised else x)
+    def run_loss(x, y):
+        loss, _ = loss_fn(state.net(x), y if supervised else x)
+        return loss
+
+    def train_epoch() -> float:
+        state.net.train()
+        total, n = 0.0, 0
+        for batch in loader:
+            x, y = batch_tensors(batch)
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True) if y is not None else None
+            state.optimiser.zero_grad(set_to_none=True)
+            for cb in state.callbacks:
+                lr = cb.on_step_start()
+                if lr is not None:
+                    for group in state.optimiser.param_groups:
+                        group["lr"] = lr
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = run_loss(x, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{name}: training loss became {float(loss)} at epoch {state.epoch}")
+            state.scaler.scale(loss).backward()
+            if config.grad_clip:
+                state.scaler.unscale_(state.optimiser)
+                torch.nn.utils.clip_grad_norm_(state.net.parameters(), config.grad_clip)
+            state.scaler.step(state.optimiser)
+            state.scaler.update()
+            total += float(loss.detach()) * len(x)
+            n += len(x)
+        return total / max(n, 1)
 
     def evaluate() -> float:
         if not val_batches:
             return math.nan
-        net.eval()
+        state.net.eval()
         total, n = 0.0, 0
         with torch.no_grad(), torch.autocast(device.type, enabled=use_amp):
             for x, y in val_batches:
                 x = x.to(device)
                 y = y.to(device) if y is not None else None
-                loss, _ = run_loss(net(x), x, y)
-                total += float(loss) * len(x)
+                total += float(run_loss(x, y)) * len(x)
                 n += len(x)
         return total / max(n, 1)
+
+    def apply(action: Action) -> None:
+        if action.kind == "rollback":             # back to the attempt's best weights, a fresh Adam at action.lr
+            state.net.load_state_dict(state.best_state)
+            state.optimiser = _adam(state.net, action.lr, config)
+            history["rollbacks"].append({"epoch": state.epoch, "lr": action.lr})
+            for cb in state.callbacks:
+                cb.on_rollback(state)
+        elif action.kind == "restart":            # a fresh net (another seed), a new attempt
+            if rebuild is None:
+                raise ConfigError("a restart needs fit(..., rebuild=...)")
+            history["restarts"].append({"epoch": state.epoch, "best_val_loss": state.best_loss})
+            torch.manual_seed(seed + 7919 * len(history["restarts"]))
+            state.net = rebuild(len(history["restarts"])).to(device)
+            state.optimiser = _adam(state.net, config.lr, config)
+            state.best_loss, state.best_state, state.attempt_start = math.inf, None, state.epoch + 1
+            history["best_epoch"] = history["best_val_loss"] = None
+            for cb in state.callbacks:
+                cb.on_attempt_start(state)
+        elif action.kind == "stop":
+            state.stop = history["stopped_early"] = True
+        elif action.kind != "continue":
+            raise ValueError(f"unknown training action {action.kind!r}")
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.max_epochs, initial=min(start_epoch, config.max_epochs), desc=f"train {name}",
-                   unit="epoch", leave=False)
-    epoch = start_epoch
+        bar = tqdm(total=config.max_epochs, initial=min(state.start_epoch, config.max_epochs),
+                   desc=f"train {name}", unit="epoch", leave=False)
     try:
-        for epoch in range(start_epoch, config.max_epochs):
+        for epoch in range(state.start_epoch, config.max_epochs):
+            state.epoch = epoch
             t0 = time.perf_counter()
-            net.train()
-            total, n = 0.0, 0
-            for batch in loader:
-                x, y = batch_tensors(batch)
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True) if y is not None else None
-                optimiser.zero_grad(set_to_none=True)
-                attempt_steps += 1
-                if attempt_steps <= config.warmup_steps:
-                    for group in optimiser.param_groups:
-                        group["lr"] = config.lr * attempt_steps / config.warmup_steps
-                with torch.autocast(device.type, enabled=use_amp):
-                    loss, _ = run_loss(net(x), x, y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{name}: training loss became {float(loss)} at epoch {epoch}")
-                scaler.scale(loss).backward()
-                if config.grad_clip:
-                    scaler.unscale_(optimiser)
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-                scaler.step(optimiser)
-                scaler.update()
-                total += float(loss.detach()) * len(x)
-                n += len(x)
-            train_loss = total / max(n, 1)
+            train_loss = train_epoch()
             val_loss = evaluate()
             monitored = val_loss if val_batches else train_loss
             seconds = time.perf_counter() - t0
             history["train_loss"].append(train_loss)
             history["val_loss"].append(val_loss)
             history["seconds"].append(seconds)
-            history.setdefault("lr", []).append(float(optimiser.param_groups[0]["lr"]))
+            history.setdefault("lr", []).append(float(state.lr))
             history["epochs"] = epoch + 1
-            if monitored < best_loss - config.min_delta:
-                best_loss, wait = monitored, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            state.train_loss, state.val_loss, state.monitored = train_loss, val_loss, monitored
+            state.improved = monitored < state.best_loss - config.min_delta
+            if state.improved:
+                state.best_loss = monitored
+                state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.net.state_dict().items()}
                 history["best_epoch"], history["best_val_loss"] = epoch, monitored
-                if ckpt is not None:
-                    _save(best_state, ckpt / "best.pt")
-            else:
-                wait += 1
-                attempt_rollbacks = [r for r in history.setdefault("rollbacks", []) if r["epoch"] >= attempt_start]
-                if (supervised and val_loss >= COLLAPSED_LOSS and best_state is not None
-                        and best_loss < COLLAPSED_LOSS and len(attempt_rollbacks) < config.collapse_rollbacks):
-                    # collapse to an empty prediction: back to the best weights, fresh Adam, half the lr
-                    # half the rate the attempt runs at (mid warm-up: the one it was heading to)
-                    current = optimiser.param_groups[0]["lr"]
-                    lr = 0.5 * (config.lr if attempt_steps < config.warmup_steps else current)
-                    net.load_state_dict(best_state)
-                    optimiser = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=config.weight_decay)
-                    history["rollbacks"].append({"epoch": epoch, "lr": lr})
-                    attempt_steps = max(attempt_steps, config.warmup_steps)   # no warm-up over the halved lr
-            restarts = history.setdefault("restarts", [])
-            if (supervised and rebuild is not None and len(restarts) < config.plateau_restarts
-                    and epoch + 1 - attempt_start == config.plateau_epochs and best_loss >= config.plateau_loss
-                    and epoch + 1 < config.max_epochs):
-                # never left the starting plateau: start again from fresh weights (another seed)
-                restarts.append({"epoch": epoch, "best_val_loss": best_loss})
-                torch.manual_seed(seed + 7919 * len(restarts))
-                net = rebuild(len(restarts)).to(device)
-                optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-                best_loss, best_state, wait, attempt_start, attempt_steps = math.inf, None, 0, epoch + 1, 0
-                history["best_epoch"] = history["best_val_loss"] = None
-            stop = wait >= config.patience
-            history["stopped_early"] = bool(stop)
-            if ckpt is not None:
-                _save({"epoch": epoch, "net": net.state_dict(), "optimizer": optimiser.state_dict(),
-                       "scaler": scaler.state_dict() if use_amp else None, "best_loss": best_loss, "wait": wait,
-                       "history": history, "rng": _rng_state(), "stopped": stop, "name": name,
-                       "config": config.to_dict(), "attempt_start": attempt_start,
-                       "attempt_steps": attempt_steps}, ckpt / "last.pt")
+            for cb in state.callbacks:
+                cb.on_validation_end(state)
+            for cb in state.callbacks:
+                apply(cb.on_epoch_end(state) or CONTINUE)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{best_loss:.4f}")
+                bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{state.best_loss:.4f}")
             if on_epoch is not None:
                 on_epoch(epoch, {"train_loss": train_loss, "val_loss": val_loss, "seconds": seconds,
-                                 "best_val_loss": best_loss, "best_epoch": history["best_epoch"]})
-            if stop:
+                                 "best_val_loss": state.best_loss, "best_epoch": history["best_epoch"]})
+            if state.stop:
                 break
     finally:
         if bar is not None:
             bar.close()
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    net.eval()
-    return net, history
+    if state.best_state is not None:
+        state.net.load_state_dict(state.best_state)
+    state.net.eval()
+    return state.net, history
 
 
-#: a supervised validation loss at or above this is an empty prediction (Focal Tversky: TI ≈ 0)
-COLLAPSED_LOSS = 0.999
+def _adam(net, lr: float, config: TrainConfig):
+    import torch
 
-__all__ = ["COLLAPSED_LOSS", "Sample", "TrainConfig", "fit", "validation_batches"]
+    return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=config.weight_decay)
+
+
+def _callbacks(config: TrainConfig, *, supervised: bool, rebuild: Callable | None,
+               checkpoint_dir: str | Path | None) -> list[Callback]:
+    """The callbacks ``fit`` runs, in the order their actions must apply: a rollback before a restart in the
+    same epoch, early stopping after both (a restart starts its count afresh), checkpoints last."""
+    callbacks: list[Callback] = [WarmUp(config.lr, config.warmup_steps)]
+    if supervised and config.collapse_rollbacks > 0:
+        callbacks.append(CollapseRollback(config.collapse_rollbacks))
+    if supervised and rebuild is not None:
+        callbacks.append(PlateauRestart(config.plateau_epochs, config.plateau_loss, config.plateau_restarts,
+                                        config.max_epochs))
+    callbacks.append(EarlyStopping(config.patience))
+    if checkpoint_dir is not None:
+        callbacks.append(Checkpointer(checkpoint_dir))
+    return callbacks
+
+
+__all__ = ["fit", "validation_batches"]
