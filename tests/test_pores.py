@@ -190,3 +190,15 @@ def test_report_cli_refuses_zero_spacing(tmp_path):
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("porelab: error:") and "spacing" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_report_cli_refuses_an_all_nan_mask_and_writes_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from porelab.cli import main
+
+    np.save(tmp_path / "m.npy", np.full((16, 16, 16), np.nan, np.float32))
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "m.npy"), "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    assert "NaN" in res.output and "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npy"]

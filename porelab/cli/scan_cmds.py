@@ -28,10 +28,9 @@ def _one_line_warnings():
 
 def _check_output(path: Path, *, inputs=(), overwrite: bool = False) -> Path:
     """Fail before any work when the output path has an unknown format, would overwrite or hold an input, or
-    exists (see :func:`porelab._io.prepare_output`); return it resolved."""
-    from porelab._io import prepare_output
+    exists (see :func:`porelab.io.prepare_output`); return it resolved."""
     from porelab.errors import ConfigError
-    from porelab.volume import SCAN_SUFFIXES
+    from porelab.io import SCAN_SUFFIXES, prepare_output
 
     name = path.name.lower()
     if path.suffix and not any(name.endswith(s) for s in SCAN_SUFFIXES):
@@ -62,7 +61,7 @@ def info(scan: Path, as_json: bool, spacing):
        "spacing": [0.2315, 0.2315, 0.2315], "spacing_known": true, "min": -0.0242, "max": 0.1402,
        "mean": 0.0198, "nan_count": 0}
     """
-    from porelab.volume import read_volume, scan_stats
+    from porelab.io import read_volume, scan_stats
 
     vol = read_volume(scan, spacing=spacing)
     stats = scan_stats(vol.array, progress=vol.array.size > (1 << 26))
@@ -114,8 +113,8 @@ def label(scan: Path, output: Path, min_extent: int, corners: str, surface_margi
       cyl1_labels.npy: 4 pores, porosity 3.910 % of the watertight object (503 of 12,866 voxels;
       Otsu thresholds 0.05253 (air) and 0.09286 (pores), min extent 2, surface margin 2)
     """
+    from porelab.io import read_volume, write_volume
     from porelab.labels import run_algorithm1
-    from porelab.volume import read_volume, write_volume
 
     target = _check_output(output, inputs=[scan], overwrite=overwrite)
     vol = read_volume(scan, spacing=spacing)
@@ -163,11 +162,13 @@ def report(mask: Path, out_dir: Path, volume: Path | None, object_path: Path | N
       6-8)), median eq. diameter 1.177 mm
       porelab report mask.tif --spacing 0.01 0.01 0.01 -o report
     """
-    from porelab._io import atomic_path, prepare_output
-    from porelab.pores import write_report
-    from porelab.volume import read_mask, read_volume
+    from porelab.io import atomic_path, prepare_output, read_mask, read_volume
+    from porelab.pores import check_binary_file, write_report
 
     target = prepare_output(out_dir, inputs=[mask, volume, object_path], overwrite=overwrite, is_dir=True)
+    check_binary_file(mask, role="pore mask")        # an all-NaN or grey-value file is no mask
+    if object_path is not None:
+        check_binary_file(object_path, role="object mask")
     m, mask_spacing = read_mask(mask, with_spacing=True)
     vol = read_volume(volume, spacing=spacing) if volume is not None else None
     if vol is not None and vol.shape != m.shape:
