@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from porelab.errors import ScanError
-from porelab.volume import iter_slabs
+from porelab.io import iter_slabs
 
 __all__ = ["Algorithm1Result", "heuristic_labels", "object_mask", "otsu_threshold", "run_algorithm1",
            "suppress_small"]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from porelab.errors import ScanError
+from porelab.io import iter_slabs
 
 __all__ = [
     "EXACT_MAX_VOXELS",
@@ -152,7 +153,7 @@ def _exact_curve(score, truth, mask) -> Curve:
 
 def _binned_curve(score, truth, mask, bins: int, progress: bool) -> Curve:
     lo, hi = math.inf, -math.inf
-    slabs = list(_slabs(np.shape(score)))
+    slabs = list(iter_slabs(np.shape(score), _SLAB_VOXELS))
     for sl in _progress(slabs, progress, "score range"):
         s = np.asarray(score[sl])
         if mask is not None:
@@ -242,7 +243,7 @@ def dice(score, truth, threshold: float = 0.5, *, mask=None) -> float:
     """
     _check_shapes(score, truth, mask)
     tp = fp = fn = 0
-    for sl in _slabs(np.shape(score)):
+    for sl in iter_slabs(np.shape(score), _SLAB_VOXELS):
         p = np.asarray(score[sl]) >= threshold
         t = np.asarray(truth[sl], dtype=bool)
         if mask is not None:
@@ -367,7 +368,7 @@ def porosity_error(pred_mask, truth, *, mask=None) -> dict:
     """
     _check_shapes(pred_mask, truth, mask)
     n_pred = n_true = n_obj = 0
-    for sl in _slabs(np.shape(truth)):
+    for sl in iter_slabs(np.shape(truth), _SLAB_VOXELS):
         p = np.asarray(pred_mask[sl], dtype=bool)
         t = np.asarray(truth[sl], dtype=bool)
         if mask is not None:
@@ -423,7 +424,7 @@ def plot_pr_roc(curves: dict, path, *, title: str | None = None, method: str = "
     # a bare Figure renders with Agg whatever the backend; pyplot's global state is not touched
     from matplotlib.figure import Figure
 
-    from porelab._io import atomic_path
+    from porelab.io import atomic_path
 
     fig = Figure(figsize=(10, 4.5), dpi=100)
     ax_pr, ax_roc = fig.subplots(1, 2)
@@ -475,14 +476,6 @@ def _decimate(n: int, max_points: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, max_points).astype(np.int64))
 
 
-def _slabs(shape, max_voxels: int | None = None):
-    max_voxels = _SLAB_VOXELS if max_voxels is None else max_voxels
-    plane = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    step = max(1, max_voxels // max(plane, 1))
-    for z0 in range(0, shape[0] if len(shape) else 1, step):
-        yield slice(z0, min(z0 + step, shape[0]))
-
-
 def _progress(items, enabled: bool, desc: str):
     if not enabled:
         return items
@@ -494,7 +487,7 @@ def _progress(items, enabled: bool, desc: str):
 def _count(mask, shape) -> int:
     if mask is None:
         return int(np.prod(shape))
-    return sum(int(np.count_nonzero(np.asarray(mask[sl]))) for sl in _slabs(shape))
+    return sum(int(np.count_nonzero(np.asarray(mask[sl]))) for sl in iter_slabs(shape, _SLAB_VOXELS))
 
 
 def _use_exact(score, mask, method: str) -> bool:

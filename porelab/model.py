@@ -269,7 +269,7 @@ class PoreModel:
         """Write ``directory/model.json`` and ``directory/weights.pt`` atomically (all or nothing)."""
         import torch
 
-        from porelab._io import _json_default, atomic_path
+        from porelab.io.atomic import _json_default, atomic_path
 
         directory = Path(directory)
         with atomic_path(directory, is_dir=True) as tmp:
@@ -321,10 +321,12 @@ class PoreModel:
 def _mark_missing(score: np.ndarray, missing: np.ndarray | None) -> np.ndarray:
     """``score`` with NaN at the ``missing`` voxels, in place, slab by slab (memmaps too)."""
     if missing is not None:
-        for z in range(0, len(score), 16):
-            block = missing[z:z + 16]
+        from porelab.io import iter_slabs
+
+        for sl in iter_slabs(score.shape):
+            block = missing[sl]
             if block.any():
-                score[z:z + 16][block] = np.nan
+                score[sl][block] = np.nan
     return score
 
 

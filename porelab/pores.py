@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from porelab._io import atomic_path, write_json
+from porelab.io import atomic_path, iter_slabs, write_json
 
 __all__ = ["COLUMNS", "check_binary_file", "pore_table", "summarise", "write_report"]
 
@@ -84,11 +84,10 @@ def check_binary_file(path, *, role: str = "mask") -> None:
     the message is one line naming the file and the ``role`` ("truth", "object mask", …).
     """
     from porelab.errors import ScanError
-    from porelab.volume import _read_any, _validate, iter_slabs
+    from porelab.io import read_array
 
     path = Path(path)
-    array, _, _ = _read_any(path, mmap=True)
-    array = _validate(array, path, mask=True)
+    array, _, _ = read_array(path)
     if array.dtype == bool:
         return
     allowed = (0, 1, 255) if array.dtype == np.uint8 else (0, 1)
@@ -171,12 +170,6 @@ def _surface_distance(object_mask, pts, ids, n: int, spacing, max_voxels: int = 
     out = np.full(n + 1, np.inf)
     np.minimum.at(out, ids, d)
     return out[1:], f
-
-
-def _slabs(z: int, plane: int, voxels: int = 1 << 24):
-    step = max(1, voxels // max(plane, 1))
-    for z0 in range(0, z, step):
-        yield slice(z0, min(z, z0 + step))
 
 
 def pore_table(mask, *, spacing=(1.0, 1.0, 1.0), object_mask=None, score=None,
@@ -349,10 +342,10 @@ def summarise(mask, *, spacing=(1.0, 1.0, 1.0), object_mask=None, volume=None, t
         reference = "all voxels of the field (no object mask or scan given)"
     if table is None:
         table = pore_table(m, spacing=spacing, object_mask=object_mask, mc_min_voxels=mc_min_voxels)
-    pore_vox = int(sum(np.count_nonzero(m[sl]) for sl in _slabs(m.shape[0], m.shape[1] * m.shape[2])))
+    pore_vox = int(sum(np.count_nonzero(m[sl]) for sl in iter_slabs(m.shape)))
     if object_mask is not None:
         obj_vox = inside = 0
-        for sl in _slabs(m.shape[0], m.shape[1] * m.shape[2]):
+        for sl in iter_slabs(m.shape):
             o = np.asarray(object_mask[sl]) != 0
             obj_vox += int(np.count_nonzero(o))
             inside += int(np.count_nonzero(o & m[sl]))
@@ -393,7 +386,7 @@ def write_report(mask, out_dir, *, volume=None, spacing=None, object_mask=None, 
     ----------
     mask : (z, y, x) bool/uint8 array
     out_dir : folder (created if needed; other files in it are left alone)
-    volume : array or :class:`porelab.volume.Volume`, optional
+    volume : array or :class:`porelab.io.Volume`, optional
         The scan: grey background of the overlay, source of the spacing (if its file had one) and of the
         watertight object (Algorithm 1 steps 6-8) when ``object_mask`` is not given.
     spacing : 3 floats, optional
@@ -409,7 +402,7 @@ def write_report(mask, out_dir, *, volume=None, spacing=None, object_mask=None, 
 
     Everything is computed before anything is written, and each file is written atomically.
     """
-    from porelab.volume import Volume
+    from porelab.io import Volume
 
     m = _as_bool(mask)
     scan = volume.array if isinstance(volume, Volume) else volume

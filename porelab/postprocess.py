@@ -32,6 +32,8 @@ import math
 
 import numpy as np
 
+from porelab.io import iter_slabs
+
 __all__ = [
     "DEFAULT_N_SAMPLE",
     "DEFAULT_SIGMAS",
@@ -112,7 +114,7 @@ def anomaly_map(x, x_hat, *, out=None, residual: str = "abs", smooth: float = 0.
         x = gaussian_filter(np.asarray(x, dtype=np.float32), float(smooth), mode="nearest")
     if out is None:
         out = np.empty(x.shape, dtype=np.float32)
-    for sl in _slabs(x.shape):
+    for sl in iter_slabs(x.shape, _SLAB_VOXELS):
         if residual == "abs":
             np.subtract(x[sl], x_hat[sl], out=out[sl], dtype=np.float32, casting="unsafe")
             np.abs(out[sl], out=out[sl])
@@ -167,7 +169,7 @@ def apply_skin(score: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
         return score
     if np.shape(keep) != np.shape(score):
         raise ValueError(f"apply_skin: mask {np.shape(keep)} and score {np.shape(score)} differ in shape")
-    for sl in _slabs(np.shape(score)):
+    for sl in iter_slabs(np.shape(score), _SLAB_VOXELS):
         score[sl] *= keep[sl]
     return score
 
@@ -187,7 +189,7 @@ def derivative_sum(v_hat, *, out=None) -> np.ndarray:
     if out is None:
         out = np.empty(shape, dtype=np.float32)
     nz = shape[0]
-    for sl in _slabs(shape):
+    for sl in iter_slabs(shape, _SLAB_VOXELS):
         z0, z1 = sl.start, sl.stop
         h0, h1 = max(z0 - 1, 0), min(z1 + 1, nz)
         sub = np.asarray(v_hat[h0:h1], dtype=np.float32)
@@ -330,7 +332,7 @@ def surface_compensation(A, V_hat, *, sigmas=None, mask=None, n_sample: int = DE
     # final: G = G_σ*(D), then G ← max(0, A − λ G) in place, slab by slab (A may be a memmap)
     gaussian_filter(D, sigma, output=G, mode="nearest", truncate=truncate)
     D = None  # free it before the final pass
-    for sl in _slabs(shape):
+    for sl in iter_slabs(shape, _SLAB_VOXELS):
         g = G[sl]
         g *= -lam
         g += np.asarray(A[sl], dtype=np.float32)
@@ -344,14 +346,6 @@ def surface_compensation(A, V_hat, *, sigmas=None, mask=None, n_sample: int = DE
 
 # ----------------------------------------------------------------------------------------------- helpers
 
-def _slabs(shape, max_voxels: int | None = None):
-    max_voxels = _SLAB_VOXELS if max_voxels is None else max_voxels
-    plane = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    step = max(1, max_voxels // max(plane, 1))
-    for z0 in range(0, shape[0], step):
-        yield slice(z0, min(z0 + step, shape[0]))
-
-
 def _sample_indices(shape, mask, n_sample: int, seed: int) -> np.ndarray:
     """Sorted flat indices of at most ``n_sample`` distinct voxels (inside ``mask`` if given)."""
     n = int(np.prod(shape))
@@ -361,7 +355,7 @@ def _sample_indices(shape, mask, n_sample: int, seed: int) -> np.ndarray:
             return np.arange(n)
         return np.unique(rng.integers(0, n, size=n_sample))
     flat_mask = np.asarray(mask).reshape(-1) if not isinstance(mask, np.memmap) else mask.reshape(-1)
-    n_in = sum(int(np.count_nonzero(np.asarray(mask[sl]))) for sl in _slabs(shape))
+    n_in = sum(int(np.count_nonzero(np.asarray(mask[sl]))) for sl in iter_slabs(shape, _SLAB_VOXELS))
     if n_in == 0:
         raise ValueError("surface_compensation: the fitting mask is empty")
     if n_in <= n_sample:

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from porelab._io import MARKER, atomic_path, clean_stale, is_porelab_output, prepare_output
 from porelab.cli import main
 from porelab.errors import ConfigError, ScanError
+from porelab.io import MARKER, atomic_path, clean_stale, is_porelab_output, prepare_output
 
 
 def run(*args):
@@ -190,10 +190,9 @@ def test_atomic_path_never_replaces_foreign_folders(tmp_path):
     target = tmp_path / "t"
     target.mkdir()
     (target / "x").write_text("x")
-    with pytest.raises(ConfigError, match="not written by porelab"):
-        with atomic_path(target, is_dir=True) as tmp:
-            tmp.mkdir(exist_ok=True)
-            (tmp / "new").write_text("new")
+    with pytest.raises(ConfigError, match="not written by porelab"), atomic_path(target, is_dir=True) as tmp:
+        tmp.mkdir(exist_ok=True)
+        (tmp / "new").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["t"] and (target / "x").read_text() == "x"
     model = tmp_path / "m"
     model.mkdir()
@@ -355,12 +354,12 @@ def test_evaluate_json_alone_writes_nothing(work):
 
 
 def test_permission_error_on_an_output_is_one_line_exit_2(work, monkeypatch):
-    import porelab._io as io
+    from porelab.io import atomic
 
     def denied(tmp, is_dir):
         raise PermissionError(13, "Permission denied", str(tmp))
 
-    monkeypatch.setattr(io, "_create", denied)
+    monkeypatch.setattr(atomic, "_create", denied)
     r = run("label", work / "scan.npy", "-o", work / "l.npy")
     one_error_line(r, "permission denied")
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from porelab.cli import main
-from porelab.volume import read_mask, read_volume, write_volume
+from porelab.io import read_mask, read_volume, write_volume
 
 
 def _sibling(name):
@@ -26,7 +26,7 @@ def _sibling(name):
 
 
 noisy_cylinder = _sibling("test_labels").noisy_cylinder  # the same synthetic scans as the library tests
-_bad_inputs = _sibling("test_volume")._bad_inputs  # the same catalogue of bad files
+_bad_inputs = _sibling("test_io_formats")._bad_inputs  # the same catalogue of bad files
 
 
 def run(*args):

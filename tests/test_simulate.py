@@ -257,7 +257,7 @@ def test_cli_simulate_is_deterministic_and_degrade_writes_by_extension(tmp_path,
     res = runner.invoke(main, ["degrade", str(again.hard.scan), "-o", str(out), "--projections", "0.5",
                                "--exposure", "0.25", "--quiet"])
     assert res.exit_code == 0, res.output
-    from porelab.volume import read_volume
+    from porelab.io import read_volume
 
     vol = read_volume(out)
     assert vol.shape == np.load(again.hard.scan).shape

@@ -67,7 +67,7 @@ class LazyGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:
-            # the writers' cleanup (porelab._io.atomic_path) has run while the exception unwound
+            # the writers' cleanup (porelab.io.atomic_path) has run while the exception unwound
             click.echo("porelab: interrupted", err=True)
             sys.exit(143 if terminated else 130)
         except PermissionError as exc:  # an output (or input) the user may not write (or read)

@@ -129,7 +129,7 @@ def pseudolabel(data, model, out, profile, overwrite):
     import numpy as np
 
     from porelab import tracking
-    from porelab._io import atomic_path, prepare_output
+    from porelab.io import atomic_path, prepare_output
     from porelab.search import make_context, pseudo_labels
 
     target = prepare_output(out, inputs=[data], overwrite=overwrite, is_dir=True)

@@ -113,13 +113,12 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
 
     from porelab.config import get_profile
     from porelab.errors import ConfigError
+    from porelab.io import prepare_output
     from porelab.metrics import evaluate_scores
     from porelab.model import PoreModel, choose_threshold
     from porelab.nets import build, is_supervised
     from porelab.normalise import Normalisation
     from porelab.train import TrainConfig, fit
-
-    from porelab._io import prepare_output
 
     output = prepare_output(output, inputs=[data], overwrite=overwrite, is_dir=True)  # before any training
     prof = get_profile(profile)
@@ -210,11 +209,9 @@ def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_f
     """
     import numpy as np
 
-    from porelab._io import atomic_path, prepare_output, write_json
     from porelab.errors import ConfigError
+    from porelab.io import atomic_path, prepare_output, read_volume, write_json, write_volume
     from porelab.model import resolve_model
-    from porelab.volume import read_volume, write_volume
-
     from porelab.runtime import get_device
 
     out_dir = prepare_output(output, inputs=[scan, model_spec], overwrite=overwrite, is_dir=True)

@@ -65,11 +65,10 @@ def evaluate(score, truth, object_mask, threshold, method, as_json, out_dir):
     import numpy as np
 
     from porelab import metrics
-    from porelab._io import write_json
     from porelab.errors import ConfigError, ScanError
+    from porelab.io import iter_slabs, read_mask, read_volume, write_json
     from porelab.normalise import count_nonfinite
     from porelab.pores import check_binary_file
-    from porelab.volume import read_mask, read_volume
 
     if threshold is not None and not math.isfinite(threshold):
         raise ConfigError(f"--threshold must be a finite number, got {threshold}")
@@ -92,8 +91,8 @@ def evaluate(score, truth, object_mask, threshold, method, as_json, out_dir):
     n_missing = count_nonfinite(s)
     if n_missing:  # missing voxels (NaN score) count as outside the object
         known = np.empty(s.shape, dtype=bool)
-        for z in range(0, s.shape[0], 16):
-            known[z:z + 16] = np.isfinite(np.asarray(s[z:z + 16]))
+        for sl in iter_slabs(s.shape):
+            known[sl] = np.isfinite(np.asarray(s[sl]))
         m = known if m is None else m & known
         if not m.any():
             raise ScanError(f"{score}: no finite score inside the object mask")

@@ -98,8 +98,8 @@ def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: in
 
     from porelab.cli.scan_cmds import _check_output
     from porelab.errors import ConfigError
+    from porelab.io import read_volume, write_volume
     from porelab.simulate.ct import degrade as degrade_scan
-    from porelab.volume import read_volume, write_volume
 
     if not 0 < projections <= 1:
         raise ConfigError(f"--projections {projections} must be a fraction in (0, 1]")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from porelab._io import atomic_path, prepare_output, write_json
 from porelab.errors import ConfigError, ScanError
+from porelab.io import atomic_path, prepare_output, write_json
 
 FORMAT = "porelab-dataset/1"
 
@@ -163,7 +163,7 @@ def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bo
     Writes per sample ``<name>_scan.npy`` (float32 reconstructed attenuation, 1/mm), ``<name>_truth.npy``
     and ``<name>_object.npy`` (uint8) and ``<name>_pores.json`` (the placed pores), each atomically, and
     ``manifest.json`` last (the ``.npy`` files get a ``.npy.json`` spacing sidecar, see
-    :func:`porelab.volume.write_volume`). Everything is written into a temporary folder beside ``out_dir``
+    :func:`porelab.io.write_volume`). Everything is written into a temporary folder beside ``out_dir``
     that is renamed to ``out_dir`` when complete, so an interrupted run leaves ``out_dir`` as it was.
 
     Parameters
@@ -192,9 +192,9 @@ def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bo
 
 def _simulate_into(out: Path, pr: Preset, seed: int, porosity: float, progress: bool) -> Path:
     """Write every sample and ``manifest.json`` into the existing folder ``out``."""
+    from porelab.io import write_volume
     from porelab.simulate.ct import scan_phantom
     from porelab.simulate.phantom import make_phantom
-    from porelab.volume import write_volume
 
     entries = []
     seeds = np.random.SeedSequence(int(seed)).spawn(2 * len(SAMPLES))

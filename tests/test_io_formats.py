@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from porelab.errors import ScanError
-from porelab.volume import iter_slabs, read_mask, read_volume, scan_stats, write_volume
+from porelab.io import iter_slabs, read_mask, read_volume, scan_stats, write_volume
 
 SPACING = (0.02, 0.0125, 0.01)
 
@@ -190,7 +190,7 @@ def test_bad_inputs_raise_one_line_scan_error_naming_the_file(tmp_path, rng):
 
 
 def test_constant_found_even_when_sample_misses_the_variation(tmp_path, monkeypatch):
-    from porelab import volume
+    from porelab.io import volume
 
     monkeypatch.setattr(volume, "_SAMPLE_VOXELS", 16)  # forces a strided sample that skips slice 3
     a = np.zeros((8, 4, 4), np.float32)
@@ -222,7 +222,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_scan_stats_are_exact_across_slabs(rng):
     a = rng.normal(size=(40, 30, 20)).astype(np.float32)
     a[5, 5, 5] = np.nan
-    from porelab import volume
+    from porelab.io import volume
 
     slabs = list(iter_slabs(a.shape, max_voxels=1000))
     assert len(slabs) == 40 and slabs[-1] == slice(39, 40)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from porelab.errors import ScanError
-from porelab.volume import read_mask, read_volume, write_volume
+from porelab.io import read_mask, read_volume, write_volume
 
 BIG = 1000 ** 3 * 4  # bytes promised by a 1000³ float32 header
 PEAK_LIMIT = 32 << 20  # a reader that fails early stays far below this; the promised array is 4 GB
