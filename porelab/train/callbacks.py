@@ -111,6 +111,18 @@ class TrainState:
             lr = cb.lr_target(lr)
         return lr
 
+    def record_losses(self, train_loss: float, val_loss: float, monitored: float) -> bool:
+        """The losses of ``epoch``; a monitored loss that beats the attempt's best by ``config.min_delta`` becomes
+        the best (its weights copied to the CPU, ``history["best_epoch"]`` / ``["best_val_loss"]``). Returns
+        ``improved``."""
+        self.train_loss, self.val_loss, self.monitored = train_loss, val_loss, monitored
+        self.improved = monitored < self.best_loss - self.config.min_delta
+        if self.improved:
+            self.best_loss = monitored
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()}
+            self.history["best_epoch"], self.history["best_val_loss"] = self.epoch, monitored
+        return self.improved
+
     def state_dict(self) -> dict:
         """Everything needed to resume: weights, optimiser, epoch, best loss, history and every callback's
         entries."""

@@ -132,7 +132,7 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
     loss_fn = build_loss(name, **config.loss_params)
     state = TrainState(net=net, optimiser=_adam(net, config.lr, config), config=config, name=name, device=device,
                        scaler=torch.amp.GradScaler("cuda", enabled=use_amp), amp=use_amp,
-                       callbacks=_callbacks(config, supervised=supervised, rebuild=rebuild,
+                       callbacks=default_callbacks(config, supervised=supervised, rebuild=rebuild,
                                             checkpoint_dir=checkpoint_dir))
 
     val_batches = validation_batches(list(val), supervised=supervised, config=config, seed=seed)
@@ -195,29 +195,6 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                 n += len(x)
         return total / max(n, 1)
 
-    def apply(action: Action) -> None:
-        if action.kind == "rollback":             # back to the attempt's best weights, a fresh Adam at action.lr
-            state.net.load_state_dict(state.best_state)
-            state.optimiser = _adam(state.net, action.lr, config)
-            history["rollbacks"].append({"epoch": state.epoch, "lr": action.lr})
-            for cb in state.callbacks:
-                cb.on_rollback(state)
-        elif action.kind == "restart":            # a fresh net (another seed), a new attempt
-            if rebuild is None:
-                raise ConfigError("a restart needs fit(..., rebuild=...)")
-            history["restarts"].append({"epoch": state.epoch, "best_val_loss": state.best_loss})
-            torch.manual_seed(seed + 7919 * len(history["restarts"]))
-            state.net = rebuild(len(history["restarts"])).to(device)
-            state.optimiser = _adam(state.net, config.lr, config)
-            state.best_loss, state.best_state, state.attempt_start = math.inf, None, state.epoch + 1
-            history["best_epoch"] = history["best_val_loss"] = None
-            for cb in state.callbacks:
-                cb.on_attempt_start(state)
-        elif action.kind == "stop":
-            state.stop = history["stopped_early"] = True
-        elif action.kind != "continue":
-            raise ValueError(f"unknown training action {action.kind!r}")
-
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -237,16 +214,11 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
             history["seconds"].append(seconds)
             history.setdefault("lr", []).append(float(state.lr))
             history["epochs"] = epoch + 1
-            state.train_loss, state.val_loss, state.monitored = train_loss, val_loss, monitored
-            state.improved = monitored < state.best_loss - config.min_delta
-            if state.improved:
-                state.best_loss = monitored
-                state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.net.state_dict().items()}
-                history["best_epoch"], history["best_val_loss"] = epoch, monitored
+            state.record_losses(train_loss, val_loss, monitored)
             for cb in state.callbacks:
                 cb.on_validation_end(state)
             for cb in state.callbacks:
-                apply(cb.on_epoch_end(state) or CONTINUE)
+                apply_action(state, cb.on_epoch_end(state) or CONTINUE, rebuild=rebuild, seed=seed)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{state.best_loss:.4f}")
@@ -264,14 +236,49 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
     return state.net, history
 
 
+def apply_action(state: TrainState, action: Action, *, rebuild: Callable | None = None, seed: int = 0) -> None:
+    """Do what a callback asked at the end of ``state.epoch`` and tell every callback what was done.
+
+    ``rollback``: the attempt's best weights, a fresh Adam at ``action.lr`` (its moments belong to the
+    collapsed weights), recorded in ``history["rollbacks"]``. ``restart``: ``rebuild(k)`` for restart
+    ``k`` = 1, 2 … with torch seeded by ``seed + 7919 k`` (the same seed gives the same fresh net), a fresh
+    Adam at ``config.lr``, no best yet, a new attempt from the next epoch, recorded in ``history["restarts"]``.
+    ``stop``: the loop ends after this epoch.
+    """
+    import torch
+
+    history = state.history
+    if action.kind == "rollback":
+        state.net.load_state_dict(state.best_state)
+        state.optimiser = _adam(state.net, action.lr, state.config)
+        history["rollbacks"].append({"epoch": state.epoch, "lr": action.lr})
+        for cb in state.callbacks:
+            cb.on_rollback(state)
+    elif action.kind == "restart":
+        if rebuild is None:
+            raise ConfigError("a restart needs fit(..., rebuild=...)")
+        history["restarts"].append({"epoch": state.epoch, "best_val_loss": state.best_loss})
+        torch.manual_seed(seed + 7919 * len(history["restarts"]))
+        state.net = rebuild(len(history["restarts"])).to(state.device)
+        state.optimiser = _adam(state.net, state.config.lr, state.config)
+        state.best_loss, state.best_state, state.attempt_start = math.inf, None, state.epoch + 1
+        history["best_epoch"] = history["best_val_loss"] = None
+        for cb in state.callbacks:
+            cb.on_attempt_start(state)
+    elif action.kind == "stop":
+        state.stop = history["stopped_early"] = True
+    elif action.kind != "continue":
+        raise ValueError(f"unknown training action {action.kind!r}")
+
+
 def _adam(net, lr: float, config: TrainConfig):
     import torch
 
     return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=config.weight_decay)
 
 
-def _callbacks(config: TrainConfig, *, supervised: bool, rebuild: Callable | None,
-               checkpoint_dir: str | Path | None) -> list[Callback]:
+def default_callbacks(config: TrainConfig, *, supervised: bool, rebuild: Callable | None,
+                      checkpoint_dir: str | Path | None) -> list[Callback]:
     """The callbacks ``fit`` runs, in the order their actions must apply: a rollback before a restart in the
     same epoch, early stopping after both (a restart starts its count afresh), checkpoints last."""
     callbacks: list[Callback] = [WarmUp(config.lr, config.warmup_steps)]
@@ -286,4 +293,4 @@ def _callbacks(config: TrainConfig, *, supervised: bool, rebuild: Callable | Non
     return callbacks
 
 
-__all__ = ["fit", "validation_batches"]
+__all__ = ["apply_action", "default_callbacks", "fit", "validation_batches"]
