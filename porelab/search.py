@@ -30,7 +30,6 @@ module stays cheap.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -405,6 +404,7 @@ def run_folds(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict, 
                                "train_scans": ",".join(s.name for i, s in enumerate(ctx.cv) if i != fold)})
 
             def on_epoch(epoch, losses):
+                tracking.check_interrupted()
                 tracking.log_metrics({"train_loss": losses["train_loss"], "val_loss": losses["val_loss"],
                                       "epoch_seconds": losses["seconds"]}, step=epoch)
 
@@ -577,8 +577,9 @@ def run_study(ctx: Context, kind: str, study_name: str, storage, n_trials: int, 
                              "nets": ",".join(ctx.option(f"{kind}_nets", defaults))})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+            # (the callback stops the loop if a SIGTERM was swallowed while the trial ended)
             study.optimize(_objective(ctx, kind, labels), n_trials=n_trials, catch=(Exception,),
-                           gc_after_trial=True)
+                           gc_after_trial=True, callbacks=[tracking.check_interrupted])
         log_study(study, kind)
     if mlflow.active_run() is not None:      # the plots and the trials table on the parent run as well
         log_study(study, kind, metrics=False)
@@ -640,43 +641,44 @@ def _csv(rows: list[dict]) -> str:
 # ----------------------------------------------------------------------------------------- registry
 def register_best(study, registered_name: str, ctx: Context, *, extra_meta: dict | None = None) -> dict:
     """Register the study's best trial (its best fold's model, from the trial run's artifacts) on the
-    active run as ``registered_name``, then promote by the policy. Returns the promotion result."""
+    active run as ``registered_name``, then promote by the policy. Returns the promotion result.
+
+    One trial, one version: a trial registered before (a re-run, a resumed study, another worker on the
+    same study) reuses its version (``tracking.register_version``), and promotion is idempotent.
+    """
     import mlflow
 
     from porelab import tracking
     from porelab.model import PoreModel
 
     best = study.best_trial
-    run_id = best.user_attrs.get("mlflow_run_id")
+    run_id = best.user_attrs.get("mlflow_run_id") or f"optuna:{study.study_name}/{best.number}"
     metric_key = tracking.policy_for(ctx.policy, registered_name)["metric"]
     summary = mean_metrics(best.user_attrs.get("fold_metrics") or [])
     value = float(summary.get(metric_key, best.value))
-    client = mlflow.MlflowClient()
-    with contextlib.suppress(Exception):     # this trial was registered before (a resumed study): reuse it
-        for v in client.search_model_versions(f"name='{registered_name}'"):
-            if v.tags.get("porelab.trial_run") == run_id:
-                result = tracking.promote(registered_name, v.version, value, policy=ctx.policy)
-                result["reused"] = True
-                return result
-    local = Path(best.user_attrs.get("model_dir", ""))
-    with tempfile.TemporaryDirectory() as tmp:
-        if not (local / "model.json").is_file():
-            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model",
-                                                             dst_path=tmp))
-        model = PoreModel.load(local)
-        meta = {"threshold": model.threshold, "threshold_policy": model.meta.get("threshold_policy"),
-                "net": model.name, "net_kwargs": model.net_kwargs, "patch": model.patch,
-                "postprocess": model.postprocess, "kind": model.kind, "profile": ctx.profile.name,
-                "study": study.study_name, "trial": best.number, "trial_run": run_id,
-                "params": best.params, "metrics": {k: v for k, v in summary.items() if math.isfinite(v)},
-                "seed": ctx.seed, **(extra_meta or {})}
-        info = tracking.log_pore_model(local, name=registered_name.replace("porelab-", ""),
-                                       registered_name=registered_name, metadata=meta)
-    version = str(info.registered_model_version)
-    client.set_model_version_tag(registered_name, version, "porelab.trial_run", run_id or "")
-    client.set_model_version_tag(registered_name, version, "porelab.net", model.name)
+    tags = {tracking.TRIAL_RUN_TAG: run_id, "porelab.net": best.user_attrs.get("net") or best.params.get("net"),
+            "porelab.study": study.study_name, "porelab.trial": best.number}
+
+    def log_model() -> str:
+        local = Path(best.user_attrs.get("model_dir", ""))
+        with tempfile.TemporaryDirectory() as tmp:
+            if not (local / "model.json").is_file():
+                local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model",
+                                                                 dst_path=tmp))
+            model = PoreModel.load(local)
+            meta = {"threshold": model.threshold, "threshold_policy": model.meta.get("threshold_policy"),
+                    "net": model.name, "net_kwargs": model.net_kwargs, "patch": model.patch,
+                    "postprocess": model.postprocess, "kind": model.kind, "profile": ctx.profile.name,
+                    "study": study.study_name, "trial": best.number, "trial_run": run_id,
+                    "params": best.params, "metrics": {k: v for k, v in summary.items() if math.isfinite(v)},
+                    "seed": ctx.seed, **(extra_meta or {})}
+            info = tracking.log_pore_model(local, name=registered_name.replace("porelab-", ""), metadata=meta)
+        return info.model_uri
+
+    version, reused = tracking.register_version(registered_name, log_model,
+                                                {k: v for k, v in tags.items() if v is not None})
     result = tracking.promote(registered_name, version, value, policy=ctx.policy)
-    result["reused"] = False
+    result["reused"] = reused
     return result
 
 
@@ -898,6 +900,7 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
     if data:
         ensure_dataset(data, prof, seed)
     tracking.setup_mlflow()
+    tracking.fail_orphaned_runs()                 # runs left RUNNING by workers killed hard on this host
     storage_obj = tracking.optuna_storage(storage)
     own_workdir = workdir is None
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="porelab-search-"))
@@ -969,6 +972,7 @@ def _start(profile, data, seed, storage, workdir, progress):
 
     prof = pipeline_profile(profile)
     tracking.setup_mlflow()
+    tracking.fail_orphaned_runs()
     storage_obj = tracking.optuna_storage(storage) if storage is not False else None
     return prof, storage_obj
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import click
 
@@ -19,6 +20,16 @@ def _echo_json(obj) -> None:
 
     text = json.dumps(obj, indent=2, default=default)
     click.echo(text.replace("NaN", "null"))
+
+
+def _stopped(exc: KeyboardInterrupt):
+    """A search stopped by SIGTERM/SIGINT: one line, exit 128 + signal (143 for SIGTERM), never 0."""
+    from porelab.tracking import Interrupted
+
+    if not isinstance(exc, Interrupted):
+        raise exc
+    click.echo(f"porelab: {exc.describe()}", err=True)
+    sys.exit(exc.exit_code)
 
 
 def _parse_params(items) -> dict:
@@ -64,8 +75,11 @@ def search(profile, data, n_trials, study_name, storage, seed, quiet):
     """
     from porelab.search import run_search
 
-    summary = run_search(profile, data or None, n_trials or None, study_name, storage or None, seed,
-                         progress=not quiet)
+    try:
+        summary = run_search(profile, data or None, n_trials or None, study_name, storage or None, seed,
+                             progress=not quiet)
+    except KeyboardInterrupt as exc:
+        _stopped(exc)
     keys = ("run_id", "profile", "seconds", "unsupervised", "unsupervised_registry", "supervised",
             "supervised_registry")
     _echo_json({k: summary[k] for k in keys if k in summary})
@@ -97,8 +111,11 @@ def cv(data, net, profile, labels, params, scale, seed, quiet):
     from porelab.search import run_cv
 
     kwargs = {"scale": scale} if scale else {}
-    result = run_cv(net, profile, data or None, labels, seed, net_kwargs=kwargs,
-                    loss_params=_parse_params(params), progress=not quiet)
+    try:
+        result = run_cv(net, profile, data or None, labels, seed, net_kwargs=kwargs,
+                        loss_params=_parse_params(params), progress=not quiet)
+    except KeyboardInterrupt as exc:
+        _stopped(exc)
     _echo_json({k: v for k, v in result.items() if not (isinstance(v, float) and math.isnan(v))})
 
 
@@ -163,6 +180,9 @@ def retrain(data, labels, profile, n_trials, study_name, storage, seed, quiet):
     """
     from porelab.search import run_retrain
 
-    result = run_retrain(profile, data, labels or None, n_trials or None, study_name, storage or None, seed,
-                         progress=not quiet)
+    try:
+        result = run_retrain(profile, data, labels or None, n_trials or None, study_name, storage or None,
+                             seed, progress=not quiet)
+    except KeyboardInterrupt as exc:
+        _stopped(exc)
     _echo_json(result)
