@@ -140,38 +140,117 @@ def test_two_workers_share_one_study(mlflow_env, smoke_dataset):
             assert run.info.status == "KILLED"
 
 
-def test_killed_worker_trial_fails_and_study_resumes(mlflow_env, smoke_dataset):
-    """SIGTERM mid-trial: the Optuna trial ends FAIL, its MLflow runs FAILED; the same study name resumes."""
+_BLOCKED_SEARCH = textwrap.dedent("""
+    import sys
+    import time
+    from pathlib import Path
+
+    from porelab import search
+
+    ready = Path(sys.argv[1])
+
+    def blocked_train_fold(*args, **kwargs):
+        # stands in for a long fold: the search, study, trial and fold runs exist, the trial is RUNNING
+        ready.write_text("in fold 0")
+        while True:
+            time.sleep(0.05)
+
+    search.train_fold = blocked_train_fold
+    from porelab.cli import main
+
+    main(["search", "--profile", "smoke", "--quiet", *sys.argv[2:]], prog_name="porelab")
+""")
+
+
+def _blocked_search(tmp: Path, data, storage) -> tuple[subprocess.Popen, Path]:
+    """`porelab search` in a subprocess that stops inside its first fold (readiness file: ``ready``)."""
+    script, ready = tmp / "blocked_search.py", tmp / "ready"
+    script.write_text(_BLOCKED_SEARCH)
+    proc = subprocess.Popen([sys.executable, str(script), str(ready), "--data", str(data), "--storage",
+                             str(storage), "--study-name", "s1", "--n-trials", "2"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"the worker never reached its first fold: {err[-3000:]}")
+        time.sleep(0.1)
+    return proc, ready
+
+
+def _levels(status: str) -> dict[str, str]:
+    return {r.data.tags.get("porelab.level"): r.info.status for r in _runs() if r.info.status == status}
+
+
+def test_sigterm_mid_trial_is_one_line_non_zero_and_leaves_nothing_running(mlflow_env, smoke_dataset):
+    """SIGTERM while a fold trains: exit 143 with one line and no traceback, the trial FAIL, every run of
+    the tree KILLED; the same study name resumes."""
     import optuna
     from optuna.trial import TrialState
 
     tracking.setup_mlflow()
     storage = mlflow_env["dir"] / "optuna.log"
-    proc = _worker(mlflow_env["dir"], smoke_dataset.root, storage, 5)
-    deadline = time.time() + 300
-    running = None
-    while time.time() < deadline and running is None:
-        time.sleep(1.0)
-        if storage.exists():
-            try:
-                study = optuna.load_study(study_name="shared-unsupervised",
-                                          storage=tracking.optuna_storage(str(storage)))
-            except KeyError:           # the worker has not created the study yet
-                continue
-            running = next((t for t in study.get_trials() if t.state == TrialState.RUNNING
-                            and "mlflow_fold_0" in t.user_attrs), None)
-    assert running is not None, "the worker never started a fold"
+    proc, _ = _blocked_search(mlflow_env["dir"], smoke_dataset.root, storage)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    study = optuna.load_study(study_name="shared-unsupervised", storage=tracking.optuna_storage(str(storage)))
-    t = study.trials[running.number]
-    assert t.state == TrialState.FAIL
-    assert mlflow.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FAILED"
-    assert mlflow.get_run(t.user_attrs["mlflow_fold_0"]).info.status == "FAILED"
-    # resume: the same study name continues with new trials
-    again = search.make_study("shared-unsupervised", tracking.optuna_storage(str(storage)), seed=0)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("porelab:")]
+    assert len(said) == 1 and "SIGTERM" in said[0], err[-3000:]
+    study = optuna.load_study(study_name="s1-unsupervised", storage=tracking.optuna_storage(str(storage)))
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    t = study.trials[0]
+    assert mlflow.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert mlflow.get_run(t.user_attrs["mlflow_fold_0"]).info.status == "KILLED"
+    assert _levels("RUNNING") == {}
+    assert {"search", "study", "trial", "fold"} <= set(_levels("KILLED"))
+    again = search.make_study("s1-unsupervised", tracking.optuna_storage(str(storage)), seed=0)
     assert len(again.trials) == len(study.trials)
+
+
+def test_hard_killed_worker_is_cleaned_up_on_resume(mlflow_env, smoke_dataset):
+    """kill -9 while a fold trains leaves a RUNNING trial and RUNNING search/study/trial/fold runs; the
+    next worker's start marks the trial FAIL and ends every one of those runs KILLED."""
+    from optuna.trial import TrialState
+
+    tracking.setup_mlflow()
+    storage = mlflow_env["dir"] / "optuna.log"
+    proc, _ = _blocked_search(mlflow_env["dir"], smoke_dataset.root, storage)
+    proc.kill()
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert {"search", "study", "trial", "fold"} <= set(_levels("RUNNING"))
+    study = search.make_study("s1-unsupervised", tracking.optuna_storage(str(storage)), seed=0)
+    assert tracking.fail_orphaned_trials(study) == [0]
+    assert study.trials[0].state == TrialState.FAIL
+    assert _levels("RUNNING") == {}
+    killed = [r for r in _runs() if r.info.status == "KILLED"]
+    assert len(killed) >= 4 and all("porelab.closed_by" in r.data.tags for r in killed)
+
+
+@pytest.mark.slow
+def test_rerunning_the_search_keeps_one_production_per_name(mlflow_env, smoke_dataset):
+    """The smoke search twice with one study name: after each run, exactly one Production version per
+    name with its alias, one version per registered trial, and no Production version moved back."""
+    client = mlflow.MlflowClient()
+    before: dict = {}
+    for _ in range(2):
+        search.run_search("smoke", data=str(smoke_dataset.root), storage=mlflow_env["optuna_storage"],
+                          seed=0, study_name="s1", n_trials=1)
+        for name in (search.UNSUPERVISED_NAME, search.SUPERVISED_NAME):
+            versions = client.search_model_versions(f"name='{name}'")
+            stages = {str(v.version): v.current_stage for v in versions}
+            prod = [v for v, st in stages.items() if st == "Production"]
+            assert len(prod) == 1, stages
+            assert str(client.get_model_version_by_alias(name, "production").version) == prod[0]
+            trial_runs = [v.tags["porelab.trial_run"] for v in versions]
+            assert len(set(trial_runs)) == len(trial_runs), trial_runs
+            for v, st in before.get(name, {}).items():
+                if st == "Production":
+                    assert stages[v] in ("Production", "Archived"), stages
+            before[name] = stages
 
 
 def test_tables_and_classical_rows(smoke_dataset, tmp_path):

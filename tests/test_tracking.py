@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
@@ -166,4 +170,114 @@ def test_orphaned_trial_of_a_dead_worker_is_failed(mlflow_env):
     assert tracking.fail_orphaned_trials(study) == [trial.number]
     states = {t.number: t.state for t in study.get_trials()}
     assert states == {trial.number: TrialState.FAIL, alive.number: TrialState.RUNNING}
-    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_relative_sqlite_storage_lives_beside_mlflow_db_and_is_checked(mlflow_env, tmp_path, monkeypatch):
+    """`mlflow run` runs entry points in the project folder: a relative sqlite:/// path is taken beside
+    mlflow.db (as the docs say), and then the "not MLflow's database" check applies."""
+    d = mlflow_env["dir"]
+    elsewhere = tmp_path / "checkout"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert tracking.optuna_storage_url("sqlite:///x.db") == f"sqlite:///{d / 'x.db'}"
+    assert tracking.optuna_storage_url("study.log") == str(d / "study.log")
+    with pytest.raises(ConfigError, match="MLflow's database"):
+        tracking.optuna_storage_url("sqlite:///mlflow.db")
+    with pytest.raises(ConfigError, match="not a database URL SQLAlchemy knows"):
+        tracking.optuna_storage_url("garbage://x")
+
+
+def test_bad_storage_url_is_one_line_exit_2(mlflow_env):
+    repo = Path(tracking.repo_dir())
+    res = subprocess.run([sys.executable, str(repo / "entrypoints" / "search.py"), "--profile", "smoke",
+                          "--storage", "garbage://x"], capture_output=True, text=True, timeout=300,
+                         cwd=repo, check=False)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("porelab:")]
+    assert len(lines) == 1 and "garbage://x" in lines[0] and "Traceback" not in res.stderr
+
+
+def test_registered_name_without_a_store_says_so_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match=r"no MLflow store here \(mlflow.db not found in .*\); set "
+                                         "MLFLOW_TRACKING_URI or give a model folder"):
+        tracking.resolve_model("porelab-supervised")
+    assert not (tmp_path / "mlflow.db").exists()
+    np.save(tmp_path / "scan.npy", np.zeros((8, 8, 8), np.float32))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    res = subprocess.run([sys.executable, "-m", "porelab", "segment", "scan.npy", "-o", "out", "--model",
+                          "porelab-supervised"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=env, check=False)
+    assert res.returncode == 2 and "no MLflow store here" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_moved_store_names_the_missing_artifacts(tmp_path, monkeypatch):
+    old = tmp_path / "old"
+    old.mkdir()
+    monkeypatch.chdir(old)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{old / 'mlflow.db'}")
+    tracking.setup_mlflow("moved")
+    v = _register("porelab-unsupervised", 1.0)
+    tracking.promote("porelab-unsupervised", v, 0.5)
+    new = tmp_path / "new"
+    shutil.move(str(old), str(new))
+    monkeypatch.chdir(new)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{new / 'mlflow.db'}")
+    with pytest.raises(ModelError, match=r"v1: its artifacts are missing \(expected at .*old/mlruns"):
+        tracking.resolve_model("porelab-unsupervised")
+
+
+def test_sigterm_in_a_trial_fails_it_kills_its_runs_and_logs_no_traceback(mlflow_env, capfd):
+    import optuna
+    from optuna.trial import TrialState
+
+    tracking.setup_mlflow("signals")
+    study = optuna.create_study(direction="maximize")
+
+    def objective(trial):
+        with tracking.child_run("trial") as run:
+            trial.set_user_attr("run", run.info.run_id)
+            with tracking.child_run("fold-0") as fold:
+                trial.set_user_attr("fold", fold.info.run_id)
+                signal.raise_signal(signal.SIGTERM)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:     # the handler raises as soon as it runs
+                    time.sleep(0.01)
+        return 1.0
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(tracking.Interrupted) as info, tracking.sigterm_as_interrupt(), \
+            tracking.parent_run("search") as parent:
+        study.optimize(objective, n_trials=3, catch=(Exception,), callbacks=[tracking.check_interrupted])
+    assert info.value.exit_code == 143 and "SIGTERM" in info.value.describe()
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    client = mlflow.MlflowClient()
+    t = study.trials[0]
+    for rid in (parent.info.run_id, t.user_attrs["run"], t.user_attrs["fold"]):
+        assert client.get_run(rid).info.status == "KILLED"
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_swallowed_interrupt_still_stops_the_worker(mlflow_env):
+    """Python drops an exception raised inside a finaliser; the next run boundary raises it again, and
+    the block re-raises at its end at the latest."""
+    tracking.setup_mlflow("signals")
+    with pytest.raises(tracking.Interrupted), tracking.sigterm_as_interrupt():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+            time.sleep(30)
+        except KeyboardInterrupt:
+            pass                                      # swallowed, as in a finaliser
+        with pytest.raises(tracking.Interrupted), tracking.child_run("never"):
+            pass
+    with pytest.raises(tracking.Interrupted), tracking.sigterm_as_interrupt():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+            time.sleep(30)
+        except KeyboardInterrupt:
+            pass
+    tracking.check_interrupted()                      # outside the block: nothing pending
