@@ -15,11 +15,19 @@ Stores
 Registry
 --------
 Registered models are :class:`PorePyfunc` models whose artifact is a saved :class:`porelab.model.PoreModel`
-folder: ``predict(float32 (Z, Y, X)) -> float32 (Z, Y, X)`` voxel scores. :func:`promote` applies
-``registry/policy.json``: every new version enters Staging (alias ``staging``); it moves to Production
-(alias ``production``) when it beats the current Production version on the policy's metric, which archives
-the old Production version. Stages are deprecated in MLflow 3 but still work; aliases are kept in step so
-``models:/name@production`` and ``models:/name/Production`` resolve to the same version.
+folder: ``predict(float32 (Z, Y, X)) -> float32 (Z, Y, X)`` voxel scores. :func:`register_version` keeps one
+version per trial (tags set at creation; a check-and-set resolves two workers racing). :func:`promote`
+applies ``registry/policy.json`` by recomputing the registered model from its versions' tags: Production
+(alias ``production``) on the first version that beat its predecessor, the version it replaced Archived,
+the others in Staging (alias ``staging``); promoting again is a no-op, and concurrent workers converge.
+Stages are deprecated in MLflow 3 but still work; aliases are kept in step so ``models:/name@production``
+and ``models:/name/Production`` resolve to the same version.
+
+Runs and signals
+----------------
+Every run carries its worker's identity (:func:`run_worker_tags`); :func:`fail_orphaned_runs` ends KILLED
+the RUNNING runs of processes of this host that are gone. :func:`sigterm_as_interrupt` turns SIGTERM and
+SIGINT into :class:`Interrupted`: trials end FAIL, runs KILLED, the command exits 128 + signal.
 """
 
 from __future__ import annotations
