@@ -203,6 +203,8 @@ def test_early_stopping_counts_afresh_in_a_new_attempt():
     assert _run(state, [0.9, 0.95, 0.96, 0.97, 0.98], rebuild=_net) == [[], ["restart"], [], [], ["stop"]]
     # epoch 1 (not improved) ended the first attempt and does not count for the second: 2 (best), 3, 4 -> stop
     assert es.state_dict() == {"wait": 2}
+    impatient = _state([PlateauRestart(epochs=2, loss=0.85, restarts=1, max_epochs=20), EarlyStopping(patience=1)])
+    assert _run(impatient, [0.9, 0.95, 0.96], rebuild=_net) == [[], ["restart"], []]   # the restart wins
 
 
 def test_early_stopping_state_round_trip():
