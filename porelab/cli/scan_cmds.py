@@ -148,11 +148,13 @@ def report(mask: Path, out_dir: Path, volume: Path | None, object_path: Path | N
     """Per-pore analysis of a pore mask: table, porosity %, size histogram and slice overlay.
 
     Pores are the 6-connected components of MASK (non-zero = pore). Writes into DIR:
-    pores.csv (one row per pore: id, voxels, volume mm^3, equivalent sphere diameter, Wadell sphericity
-    (<= 1; marching cubes for pores >= 100 voxels, else voxel faces), bounding box z0 y0 x0 z1 y1 x1,
-    centroid z y x in mm, principal-axis lengths and aspect ratio, distance to the part's surface when the
-    object is known), summary.json (pore_count, pore_volume_voxels, porosity_percent relative to the
-    watertight object, eq. diameter percentiles, largest pore, definitions), size_histogram.png and
+    pores.csv (one row per pore: id, kind (gas, keyhole, lack_of_fusion, or surface when open to the part's
+    skin), voxels, volume mm^3, equivalent sphere diameter, Wadell sphericity (<= 1, of the smoothed
+    surface), bounding box z0 y0 x0 z1 y1 x1, centroid z y x in mm, principal-axis lengths, aspect ratio,
+    elongation, flatness and tilts from z, touches_edge (cut by the field of view), distance to the part's
+    surface when the object is known), summary.json (pore_count, pore_volume_voxels, porosity_percent
+    relative to the watertight object, with and without the pores cut by the field's edge, count and
+    porosity per kind, eq. diameter percentiles, largest pore, definitions), size_histogram.png and
     overlay.png. Arrays are (z, y, x); lengths are in mm, or in voxels when no spacing is known.
 
     \b
@@ -190,3 +192,6 @@ def report(mask: Path, out_dir: Path, volume: Path | None, object_path: Path | N
     p50 = s["eq_diameter_mm"]["p50"]
     click.echo(f"{out_dir}: {s['pore_count']} pores, porosity {s['porosity_percent']:.3f} % "
                f"({s['porosity_reference']})" + (f", median eq. diameter {p50:.4g} {unit}" if p50 else ""))
+    kinds = ", ".join(f"{k} {v['count']}" for k, v in s["kinds"].items())
+    click.echo(f"  kinds: {kinds}; {s['edge_pore_count']} cut by the field's edge (porosity without them "
+               f"{s['porosity_percent_without_edge_pores']:.3f} %)")
