@@ -15,7 +15,7 @@ with V_s the volume it encloses (divergence theorem): smoothing shrinks the surf
 own volume keeps ψ scale-consistent. The reported area is A = A_s (V / V_s)^(2/3), the smoothed surface
 rescaled to the pore's voxel volume V, so that ψ = π^(1/3) (6V)^(2/3) / A holds with V = voxel count × voxel
 volume. docs/experiments.md ("Pore shape and kind") has the measured errors against analytic shapes: balls
-of 30-5,000 voxels read 0.93-0.96, axis-aligned cubes/plates/box rods read high by up to 0.11 at ≥ 100 voxels
+of 30-5,000 voxels read 0.93-0.96, axis-aligned cubes/plates/box rods read high by up to 0.10 at ≥ 100 voxels
 (a mesh rounds their edges), cylinders within 0.03. Below ≈ 100 voxels a ball and a cube of the same voxel
 count differ by a few voxels only, so no estimator from voxels tells ψ = 1 from 0.806 there.
 
