@@ -1,9 +1,18 @@
-"""Device choice, thread count and seeding: the only place that decides where tensors live."""
+"""Process runtime: device choice, thread count, seeding, and stopping on SIGTERM/SIGINT.
+
+The only place that decides where tensors live; and the one signal handler every long command shares
+(:func:`sigterm_as_interrupt`), so a worker stopped by a scheduler or Ctrl-C unwinds cleanly and never
+exits 0.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import random
+import signal
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -62,3 +71,86 @@ def seed_everything(seed: int) -> np.random.Generator:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     return np.random.default_rng(seed)
+
+
+# ------------------------------------------------------------------------------------------- signals
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT received inside :func:`sigterm_as_interrupt`; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def describe(self) -> str:
+        return (f"stopped by {signal.Signals(self.signum).name}: the running trial is marked FAIL and its "
+                "MLflow runs KILLED; run again with the same study name to resume")
+
+
+_received: list[int] = []     # signals received inside sigterm_as_interrupt (main thread only)
+
+# Optuna logs a trial that raised (a signal, here) as "Trial N failed ..." with a long traceback, through
+# this logger; naming it needs no Optuna import.
+_OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"
+
+
+def check_interrupted(*_args) -> None:
+    """Raise :class:`Interrupted` if a signal arrived inside :func:`sigterm_as_interrupt`.
+
+    The signal handler raises at once, but an exception raised while a finaliser or a garbage-collector
+    callback runs is printed and dropped by Python; these checks (run boundaries, epochs, after each Optuna
+    trial: usable as an Optuna callback) make sure a stopped worker stops anyway.
+    """
+    if _received:
+        raise Interrupted(_received[0])
+
+
+def _on_signal(signum, frame):
+    first = not _received
+    _received.append(signum)
+    if first:                # a second signal while unwinding must not interrupt the clean-up
+        raise Interrupted(signum)
+
+
+class _QuietInterruptedTrials(logging.Filter):
+    """Drop Optuna's "Trial N failed …" warnings (with a 40-line traceback) for a trial stopped by a
+    signal: the command prints one line instead."""
+
+    def filter(self, record):
+        return not (_received and record.levelno >= logging.WARNING
+                    and record.getMessage().startswith("Trial "))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM (and SIGINT) into :class:`Interrupted`, a ``KeyboardInterrupt``, while the block runs.
+
+    A worker stopped by a scheduler (``kill``) or Ctrl-C then unwinds: Optuna records the running trial as
+    FAIL (without logging its traceback), the MLflow runs end KILLED, and the block re-raises
+    :class:`Interrupted` even if the first one was swallowed on the way, so the process never exits 0.
+    Main thread only (elsewhere a no-op).
+    """
+    try:
+        prev_term = signal.signal(signal.SIGTERM, _on_signal)
+    except ValueError:   # not the main thread
+        yield
+        return
+    if prev_term is _on_signal:   # nested: the outer block handles it
+        yield
+        return
+    prev_int = signal.signal(signal.SIGINT, _on_signal)
+    quiet = _QuietInterruptedTrials()
+    optuna_log = logging.getLogger(_OPTUNA_TRIAL_LOGGER)
+    optuna_log.addFilter(quiet)
+    _received.clear()
+    try:
+        yield
+        check_interrupted()
+    finally:
+        signal.signal(signal.SIGTERM, prev_term)
+        signal.signal(signal.SIGINT, prev_int)
+        optuna_log.removeFilter(quiet)
+        _received.clear()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from porelab import tracking
+from porelab.tracking.registry import _transition
 
 NAME = "porelab-unsupervised"
 
@@ -100,7 +101,7 @@ def test_promote_again_never_demotes_production_and_repairs_a_split_state(store)
 
     # the state an earlier promote() left: Production moved to Staging, both aliases on it
     client = mlflow.MlflowClient()
-    tracking._transition(client, NAME, v1, "Staging")
+    _transition(client, NAME, v1, "Staging")
     client.set_registered_model_alias(NAME, "staging", v1)
     result = tracking.promote(NAME, v1, 0.6)
     assert result["stage"] == "Production"

@@ -133,7 +133,7 @@ def test_resolve_errors_name_what_exists(mlflow_env):
         tracking.resolve_version("models:/only-staging/7")
     with pytest.raises(ModelError, match="does not resolve"):
         tracking.resolve_version("models:/only-staging@production")
-    with pytest.raises(ModelError, match="no such folder"):
+    with pytest.raises(ModelError, match="model folder not found"):
         tracking.resolve_model("./missing/model")
 
 

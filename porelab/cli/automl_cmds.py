@@ -24,7 +24,7 @@ def _echo_json(obj) -> None:
 
 def _stopped(exc: KeyboardInterrupt):
     """A search stopped by SIGTERM/SIGINT: one line, exit 128 + signal (143 for SIGTERM), never 0."""
-    from porelab.tracking import Interrupted
+    from porelab.runtime import Interrupted
 
     if not isinstance(exc, Interrupted):
         raise exc

@@ -1,0 +1,1 @@
+"""Optuna at the edge: search spaces, studies, budgets, storage and the AutoML pipeline."""

@@ -1,0 +1,153 @@
+"""Optuna storage: the URL next to the MLflow store, the storage object, trials of dead workers.
+
+``""`` means ``sqlite:///<dir of mlflow.db>/optuna.db``; any RDB URL (``postgresql://…``) or a journal file
+path ending in ``.log`` is accepted. MLflow and Optuna never share one database file (both keep an
+``alembic_version`` table). RDB storages get a heartbeat, so a trial of a worker killed on another machine
+is marked FAIL after the grace period; a trial of a dead process of this host is found at once
+(:func:`fail_orphaned_trials`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from pathlib import Path
+
+from porelab.errors import ConfigError
+from porelab.tracking.stores import beside_store, first_line, sqlite_file, store_dir, tracking_uri
+
+HEARTBEAT_INTERVAL = 60   # s between heartbeats of a running trial (RDB storages)
+GRACE_PERIOD = 180        # s without a heartbeat after which the next worker marks the trial FAIL
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
+
+
+def optuna_storage_url(spec: str | None = None) -> str:
+    """Normalise an Optuna storage spec: ``""``/None → ``sqlite:///<store_dir>/optuna.db``.
+
+    Relative paths (a journal file ``x.log``, ``sqlite:///x.db``) are taken relative to the folder of the
+    MLflow store (``porelab.tracking.store_dir``), not the cwd: ``mlflow run`` runs entry points in the
+    project folder. Raises ``ConfigError`` if it names the MLflow database file, or is neither a journal path
+    nor a database URL SQLAlchemy can open (unknown scheme, driver not installed).
+    """
+    spec = (spec or "").strip()
+    if not spec:
+        return f"sqlite:///{store_dir() / 'optuna.db'}"
+    if "://" not in spec:
+        if not spec.endswith(".log"):
+            raise ConfigError(f"storage {spec!r}: give a database URL (sqlite:///…, postgresql://…) "
+                              "or a journal file path ending in .log")
+        return str(beside_store(spec))
+    if spec.startswith("sqlite:///") and not spec.startswith("sqlite:////"):
+        rest, sep, query = spec[len("sqlite:///"):].partition("?")
+        if rest and rest != ":memory:":
+            spec = f"sqlite:///{beside_store(rest)}{sep}{query}"
+    _check_database_url(spec)
+    mine, theirs = sqlite_file(spec), sqlite_file(tracking_uri())
+    if spec == tracking_uri() or (mine is not None and theirs is not None and mine == theirs):
+        raise ConfigError(f"storage {spec!r} is MLflow's database; Optuna needs its own file "
+                          "(both keep an alembic_version table)")
+    return spec
+
+
+def _check_database_url(url: str) -> None:
+    """``ConfigError`` unless SQLAlchemy parses ``url`` and has its dialect and driver."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = _hide_password(url)
+    try:
+        dialect = make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigError(f"storage {shown!r}: not a database URL SQLAlchemy knows ({first_line(exc)}); "
+                          "give sqlite:///…, postgresql+psycopg2://…, mysql+pymysql://… or a journal "
+                          "file path ending in .log") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ConfigError(f"storage {shown!r}: its database driver is not installed "
+                          f"({first_line(exc)})") from None
+
+
+def optuna_storage(spec: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                   grace_period: int = GRACE_PERIOD):
+    """An Optuna storage object for :func:`optuna_storage_url` ``(spec)``.
+
+    RDB storages get a heartbeat (a worker killed mid-trial leaves a trial that the next worker marks
+    FAIL after ``grace_period`` s) and, for SQLite, a generous lock timeout. A ``.log`` path is a
+    ``JournalFileBackend`` (safe for several processes on one machine or on NFS).
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    url = optuna_storage_url(spec)
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    kwargs = {}
+    if url.startswith("sqlite"):
+        db = sqlite_file(url)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    from sqlalchemy.exc import SQLAlchemyError
+
+    with warnings.catch_warnings():   # the heartbeat arguments are marked experimental
+        warnings.simplefilter("ignore")
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period, **kwargs)
+        except SQLAlchemyError as exc:   # unreachable server, wrong password, not an Optuna database
+            raise ConfigError(f"storage {_hide_password(url)!r}: cannot open it "
+                              f"({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def fail_orphaned_trials(study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker is gone; end their MLflow runs KILLED. Returns numbers.
+
+    Two mechanisms: the RDB heartbeat (any machine; after the grace period) and, for every storage, a
+    trial started on this host by a process that no longer exists (``kill -9``, power loss; the trial's
+    user attributes hold ``porelab.tracking.worker_tag``). Then every other RUNNING MLflow run of a dead
+    worker of this host is ended too (``porelab.tracking.fail_orphaned_runs``).
+    """
+    import mlflow
+    import optuna
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+    from optuna.trial import TrialState
+
+    from porelab.tracking.runs import fail_orphaned_runs, worker_gone
+
+    failed = []
+    storage = study._storage
+    if is_heartbeat_enabled(storage):
+        with warnings.catch_warnings(), contextlib.suppress(Exception):
+            warnings.simplefilter("ignore")
+            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            optuna.storages.fail_stale_trials(study)
+            after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            failed += sorted(before - after)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number in failed or not worker_gone(t.user_attrs):
+            continue
+        with contextlib.suppress(Exception):
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                failed.append(t.number)
+    client = mlflow.MlflowClient()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.number in failed:
+            for key in ("mlflow_run_id",) + tuple(k for k in t.user_attrs if k.startswith("mlflow_fold_")):
+                run_id = t.user_attrs.get(key)
+                with contextlib.suppress(Exception):
+                    if run_id and client.get_run(run_id).info.status == "RUNNING":
+                        client.set_tag(run_id, "porelab.closed_by", f"trial {t.number} of a dead worker")
+                        client.set_terminated(run_id, "KILLED")
+    with contextlib.suppress(Exception):
+        fail_orphaned_runs(client)
+    return sorted(set(failed))
+
+
+__all__ = ["GRACE_PERIOD", "HEARTBEAT_INTERVAL", "fail_orphaned_trials", "optuna_storage",
+           "optuna_storage_url"]
