@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -361,26 +360,4 @@ def choose_threshold(score: np.ndarray, truth: np.ndarray | None = None, *, kind
     return float(np.percentile(values, UNLABELLED_PERCENTILE)), f"{UNLABELLED_PERCENTILE:g}th percentile in object"
 
 
-def resolve_model(spec) -> PoreModel:
-    """A ``PoreModel`` from a local model folder, or (otherwise) from ``porelab.tracking.resolve_model``
-    (registered names and ``models:/`` URIs) when that module provides it."""
-    if isinstance(spec, PoreModel):
-        return spec
-    text = str(spec)
-    path = Path(text)
-    if path.is_dir():
-        return PoreModel.load(path)
-    if path.exists():
-        raise ModelError(f"{spec}: a model must be a folder with {MODEL_JSON} and {WEIGHTS}")
-    is_uri = re.match(r"^[A-Za-z][\w+.-]*:/", text) is not None      # models:/…, runs:/…
-    looks_like_path = not is_uri and ("/" in text or "\\" in text or text.startswith("."))
-    if looks_like_path:
-        raise ModelError(f"model folder not found: {spec}")
-    try:
-        from porelab.tracking import resolve_model as tracking_resolve
-    except ImportError:
-        raise ModelError(f"model not found: {spec} (not a folder; registered names need porelab.tracking)") from None
-    return tracking_resolve(text)
-
-
-__all__ = ["FORMAT", "UNLABELLED_PERCENTILE", "PoreModel", "choose_threshold", "resolve_model"]
+__all__ = ["FORMAT", "UNLABELLED_PERCENTILE", "PoreModel", "choose_threshold"]

@@ -1,4 +1,4 @@
-"""PoreModel: save/load round trip, per-scan normalisation, unsupervised scoring, errors, resolve_model."""
+"""PoreModel: save/load round trip, per-scan normalisation, unsupervised scoring, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from porelab.errors import ConfigError, ModelError
-from porelab.model import PoreModel, choose_threshold, resolve_model
+from porelab.model import PoreModel, choose_threshold
 from porelab.nets import build
 from porelab.normalise import Normalisation
 
@@ -154,16 +154,6 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert not (tmp_path / "new").exists()
     assert PoreModel.load(tmp_path / "m").threshold == 0.4  # the old folder survived intact
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
-
-
-def test_resolve_model(tmp_path):
-    _model("unet").save(tmp_path / "m")
-    assert isinstance(resolve_model(tmp_path / "m"), PoreModel)
-    (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(ModelError, match="must be a folder"):
-        resolve_model(tmp_path / "file.txt")
-    with pytest.raises(ModelError, match="model folder not found"):
-        resolve_model(tmp_path / "nope" / "model")
 
 
 def test_choose_threshold_policies(rng):

@@ -211,8 +211,8 @@ def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_f
 
     from porelab.errors import ConfigError
     from porelab.io import atomic_path, prepare_output, read_volume, write_json, write_volume
-    from porelab.model import resolve_model
     from porelab.runtime import get_device
+    from porelab.tracking import resolve_model
 
     out_dir = prepare_output(output, inputs=[scan, model_spec], overwrite=overwrite, is_dir=True)
     if skin is not None and skin < 0:
