@@ -35,8 +35,10 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from porelab import tracking
+    from porelab.baselines import baseline_rows
+    from porelab.config import get_profile
+    from porelab.crossval import Context, Scan, load_scans
     from porelab.metrics import evaluate_scores
-    from porelab.search import Scan, baselines, load_scans
     from porelab.simulate.dataset import simulate_dataset
 
     if args.tracking_uri:
@@ -72,14 +74,11 @@ def main(argv=None) -> dict:
             "predict_seconds": time.perf_counter() - t1,
         }
     # classical rows on the same scans (every cylinder "held out")
-    from porelab.search import Context
-    from porelab.tracking import load_policy
-
-    ctx = Context(profile=None, seed=args.seed, cv=cv, hard=hard, folds=list(range(len(cv))), workdir=data,
-                  policy=load_policy())
+    ctx = Context(profile=get_profile(args.preset), seed=args.seed, cv=cv, hard=hard, folds=list(range(len(cv))),
+                  workdir=data)
     result["baselines"] = {
         k: {"cv_mean_ap": float(np.mean([r["val_ap"] for r in rows])), "hard_ap": rows[0].get("hard_ap")}
-        for k, rows in baselines(ctx).items()}
+        for k, rows in baseline_rows(ctx).items()}
     result["targets"] = {"cv_ap": 0.8, "hard_ap": 0.65}
     text = json.dumps(result, indent=2, default=float)
     print(text)

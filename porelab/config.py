@@ -2,45 +2,163 @@
 
 ``smoke`` runs in seconds (tests, CI); ``quick`` is the default and runs the whole main job on a 2-core CPU
 in about half an hour; ``paper`` keeps the sizes of Iuso et al. (2024): 64³ patches, the paper's widths,
-5 folds, Adam lr 1e-4, early stopping with min delta 1e-4 and patience 40.
+5 folds, Adam lr 1e-4, early stopping with min delta 1e-4 and patience 40 (``TrainConfig``'s defaults).
 
-Each module keeps its own config dataclass (``porelab.train.TrainConfig`` and so on) whose defaults are the
-paper's values; ``Profile`` holds what differs between profiles, and modules build their configs from it.
+A ``Profile`` is typed throughout, one object per concern:
+
+* ``unsupervised`` / ``supervised``: the complete ``porelab.train.TrainConfig`` of each kind of net
+  (``profile.train_config(net)`` picks one and applies overrides);
+* ``supervised_dropout``: the supervised nets' dropout (constructor argument; ``None`` = the net's own);
+* ``search``: what the AutoML pipeline searches (:class:`SearchSpace`);
+* ``labels``: how thresholds and pseudo-labels are made (:class:`LabelConfig`);
+* ``skin``, ``smooth``, ``tophat_radius``: the scoring settings of new models and of the classical row.
+
+How the ``quick`` values were found is measured in ``docs/experiments.md`` ("The quick profile").
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 
 from porelab.errors import ConfigError
+from porelab.nets import SUPERVISED, UNSUPERVISED
+from porelab.postprocess import DEFAULT_SKIN, DEFAULT_SMOOTH, RESIDUALS
+from porelab.sampling import AugmentConfig
+from porelab.train.config import TrainConfig
+
+#: voxels; larger than the simulator's largest gas pore (r 1-4), so a grey closing fills every such pore.
+#: Measured on unseen quick scans (seed 12345), AP cylinders / cube: radius 3: 0.88 / 0.28, 4: 0.95 / 0.48,
+#: 5: 0.95 / 0.56 (``porelab.baselines.tophat_score``)
+TOPHAT_RADIUS = 5
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the AutoML pipeline searches (``porelab.automl.spaces``).
+
+    Attributes
+    ----------
+    unsupervised_nets, supervised_nets : architectures of each study (default: the paper's five of each
+        family, ``porelab.nets.UNSUPERVISED`` / ``SUPERVISED``).
+    widths : width multipliers (× ``Profile.net_scale``) of the unsupervised study.
+    residuals : anomaly residuals scored on every unsupervised fold; the validation scan picks one
+        (``porelab.postprocess.anomaly_map``).
+    n_trials_unsupervised, n_trials_supervised : trials per study and worker.
+    grid : the supervised study walks the paper's FTL grid (α × β × γ × nets, ``GridSampler``) instead of TPE.
+    heuristic_comparison : the best supervised configuration is trained again on Algorithm 1 labels
+        (the paper's Table 7 comparison).
+    """
+
+    unsupervised_nets: tuple[str, ...] = UNSUPERVISED
+    supervised_nets: tuple[str, ...] = SUPERVISED
+    widths: tuple[float, ...] = (0.5, 1.0)
+    residuals: tuple[str, ...] = RESIDUALS
+    n_trials_unsupervised: int = 5
+    n_trials_supervised: int = 128
+    grid: bool = True
+    heuristic_comparison: bool = True
+
+    def __post_init__(self):
+        from porelab.nets import NAMES, is_supervised
+
+        for family, nets, sup in (("unsupervised", self.unsupervised_nets, False),
+                                  ("supervised", self.supervised_nets, True)):
+            bad = [n for n in nets if n not in NAMES or is_supervised(n) != sup]
+            if bad or not nets:
+                raise ConfigError(f"search space: {family} nets must be a non-empty subset of "
+                                  f"{', '.join(n for n in NAMES if is_supervised(n) == sup)}; got {nets}")
+        if not self.widths or min(self.widths) <= 0:
+            raise ConfigError(f"search space: widths must be > 0, got {self.widths}")
+        if not self.residuals or set(self.residuals) - set(RESIDUALS):
+            raise ConfigError(f"search space: residuals must be a subset of {RESIDUALS}, got {self.residuals}")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """How decision thresholds and pseudo-labels are made.
+
+    Attributes
+    ----------
+    min_voxels, min_extent : pseudo-labels: connected pores smaller than this many voxels, or spanning
+        fewer voxels than ``min_extent`` along any axis, are removed (``porelab.labels.suppress_small``).
+    threshold_labels : ``"truth"`` (the held-out scan's truth mask) or ``"alg1"`` (its Algorithm 1
+        labels): what an unsupervised model's F1-optimal threshold is chosen against.
+    max_label_fraction : a threshold that labels more than this fraction of the part is degenerate (a score
+        that does not separate pores); it is replaced by the ``100 (1 − max_label_fraction / 10)``-th
+        percentile of the score inside the part.
+    """
+
+    min_voxels: int = 4
+    min_extent: int = 2
+    threshold_labels: str = "truth"
+    max_label_fraction: float = 0.1
+
+    def __post_init__(self):
+        if self.threshold_labels not in ("truth", "alg1"):
+            raise ConfigError(f"threshold_labels must be 'truth' or 'alg1', got {self.threshold_labels!r}")
+        if not 0 < self.max_label_fraction <= 1:
+            raise ConfigError(f"max_label_fraction must be in (0, 1], got {self.max_label_fraction}")
+        if self.min_voxels < 1 or self.min_extent < 1:
+            raise ConfigError(f"min_voxels and min_extent must be >= 1, got {self.min_voxels}, {self.min_extent}")
 
 
 @dataclass(frozen=True)
 class Profile:
+    """Sizes, budgets and settings of one profile (module docstring).
+
+    Attributes
+    ----------
+    name : profile name.
+    sim_preset : ``porelab simulate --preset`` used when the main job simulates its data.
+    net_scale : width multiplier of every network (1.0 = the paper's Table 8 sizes).
+    folds : cross-validation folds over the cylinders (leave one scan out).
+    unsupervised, supervised : the training config of each kind of net.
+    supervised_dropout : ``dropout`` constructor argument of the supervised nets (``None``: the net's own).
+    search : the AutoML search space and budgets.
+    labels : thresholds and pseudo-labels.
+    skin, smooth : ``PoreModel.skin`` / ``smooth`` of newly trained models (``porelab.postprocess``).
+    tophat_radius : ball radius of the black top-hat classical row (voxels).
+    """
+
     name: str
-    sim_preset: str            # `porelab simulate --preset` used when the main job simulates its data
-    patch: int                 # patch edge in voxels (divisible by 16)
-    net_scale: float           # width multiplier for every network (1.0 = the paper's Table 8 sizes)
-    folds: int                 # cross-validation folds over the cylinders (leave one scan out)
-    max_epochs: int
-    patience: int              # early stopping patience (epochs without improvement > min_delta)
-    min_delta: float
-    lr: float
-    batch_size: int
-    samples_per_volume: int    # patches drawn from each scan per epoch
-    queue_length: int          # TorchIO Queue max_length
-    val_patches: int           # patches per validation scan for the early-stopping loss
-    pore_ratio: float          # supervised sampler: fraction of pore-centred patches
-    n_trials_unsupervised: int
-    n_trials_supervised: int
-    grid_search: bool          # supervised study uses the paper's FTL grid (GridSampler) instead of TPE
-    heuristic_comparison: bool  # also train supervised nets on Algorithm 1 labels (paper's Table 7 comparison)
-    #: free options; the pipeline reads ``unsupervised_nets``, ``supervised_nets``, ``widths``, ``residuals``,
-    #: ``supervised_net_kwargs`` (extra constructor arguments of the supervised nets, e.g. ``dropout``);
-    #: ``unsupervised_train`` / ``supervised_train`` are ``TrainConfig`` fields for that kind of net
-    #: (``TrainConfig.from_profile(profile, net=name)``)
-    extra: dict = field(default_factory=dict)
+    sim_preset: str
+    net_scale: float
+    folds: int
+    unsupervised: TrainConfig = field(default_factory=TrainConfig)
+    supervised: TrainConfig = field(default_factory=TrainConfig)
+    supervised_dropout: float | None = None
+    search: SearchSpace = field(default_factory=SearchSpace)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    skin: int = DEFAULT_SKIN
+    smooth: float = DEFAULT_SMOOTH
+    tophat_radius: int = TOPHAT_RADIUS
+
+    @property
+    def patch(self) -> int:
+        """The patch edge (voxels) of the unsupervised nets (their input size), the complexity table's."""
+        return self.unsupervised.patch
+
+    @property
+    def supervised_net_kwargs(self) -> dict:
+        """Extra constructor arguments of the supervised nets."""
+        return {} if self.supervised_dropout is None else {"dropout": float(self.supervised_dropout)}
+
+    def train_config(self, net: str, **overrides) -> TrainConfig:
+        """A fresh copy of the training config of ``net``'s kind, ``overrides`` (``TrainConfig`` fields;
+        ``augment`` may be a dict of ``AugmentConfig`` fields) applied last."""
+        from porelab.nets import check_name, is_supervised
+
+        check_name(net)
+        base = copy.deepcopy(self.supervised if is_supervised(net) else self.unsupervised)
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        bad = sorted(set(overrides) - names)
+        if bad:
+            raise ConfigError(f"unknown training option(s) {', '.join(bad)}; known: {', '.join(sorted(names))}")
+        if isinstance(overrides.get("augment"), dict):
+            overrides["augment"] = AugmentConfig.from_dict(overrides["augment"])
+        return dataclasses.replace(base, **copy.deepcopy(overrides))
 
     def replace(self, **changes) -> Profile:
         return dataclasses.replace(self, **changes)
@@ -49,56 +167,51 @@ class Profile:
         return dataclasses.asdict(self)
 
 
-PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
-        name="smoke", sim_preset="smoke", patch=16, net_scale=0.125, folds=2, max_epochs=2, patience=1,
-        min_delta=1e-4, lr=1e-3, batch_size=4, samples_per_volume=8, queue_length=32, val_patches=8,
-        pore_ratio=0.5, n_trials_unsupervised=1, n_trials_supervised=1, grid_search=False,
-        heuristic_comparison=False,
-    ),
-    # quick: the whole main job in ≤ 30 min of a 2-core CPU (measured, docs/pipeline.md). Per training step
-    # (batch 4, 32³, one thread): vae 0.35 s, cevae 0.77 s, unet 1.1 s; scoring a 96×128×128 scan 10-30 s.
-    # The VAE at lr 2e-3 died (constant output, validation L1 0.269 from epoch 3 on, with or without gradient
-    # clipping); at lr 1e-3 three seeds out of three learned: 15 epochs of 32 patches per scan gave held-out
-    # AP 0.70 / 0.70 / 0.61 (|x - x_hat|) and 0.78 / 0.76 / 0.75 (dark residual), post-processed. The UNet
-    # on the VAE's pseudo-labels (Dice 0.86-0.90 against the truth), gradient norm clipped at 1 (unclipped
-    # it collapsed to "no pore"), AP on unseen cylinders / cube, the two folds: 12 epochs of 32 patches
-    # 0.70 / 0.55 and 0.72 / 0.63; 20 epochs 0.87 / 0.54 and 0.62 / 0.45; 20 epochs with the noise
-    # augmentation at up to σ 0.16 (the cube's noise is ≈ 1.4× the cylinders') in half the intensity draws
-    # 0.89 / 0.49 and 0.81 / 0.69. At width 0.25 the UNet's finest level has 4 channels, and Dropout3d(0.1)
-    # drops whole ones: without dropout and with 70 % pore-centred patches both folds left the initial
-    # plateau (validation FTL ≈ 0.9) by epoch 5 (before: one fold in two stayed on it for 20 epochs) and
-    # reached 0.83 / 0.68 and 0.91 / 0.50. Without dropout, though, a UNet could collapse to "no pore" inside
-    # its first epoch, before any weights worth rolling back to existed (a whole pipeline run: all three
-    # attempts of one fold, validation FTL 1.0 from epoch 0). A one-epoch learning-rate warm-up (64 steps)
-    # keeps the first epoch clear of it, so the rollback and the plateau restart can act later: that fold,
-    # same seed and labels, then learned (unseen cylinders / cube AP 0.85 / 0.82); with lr 5e-4 and the
-    # warm-up, seeds 1 and 2 collapsed at epochs 1-3, were rolled back and learned too (0.75 / 0.73, 0.86 / 0.81).
-    "quick": Profile(
-        name="quick", sim_preset="quick", patch=32, net_scale=0.25, folds=2, max_epochs=10, patience=4,
-        min_delta=1e-4, lr=1e-3, batch_size=4, samples_per_volume=16, queue_length=128, val_patches=16,
-        pore_ratio=0.5, n_trials_unsupervised=1, n_trials_supervised=1, grid_search=False,
-        heuristic_comparison=True,
-        extra={"unsupervised_nets": ("vae",), "supervised_nets": ("unet",), "widths": (1.0,),
-               "unsupervised_train": {"lr": 1e-3, "max_epochs": 30, "samples_per_volume": 32, "patience": 10},
-               "supervised_net_kwargs": {"dropout": 0.0},
-               "supervised_train": {"lr": 1e-3, "max_epochs": 20, "samples_per_volume": 32, "patience": 10,
-                                    "grad_clip": 1.0, "pore_ratio": 0.7, "warmup_steps": 64,
-                                    "augment": {"noise_std": 0.16, "w_noise": 0.5, "w_blur": 0.2, "w_bias": 0.2,
-                                                "w_gamma": 0.1}}},
-    ),
-    "paper": Profile(
-        name="paper", sim_preset="paper", patch=64, net_scale=1.0, folds=5, max_epochs=200, patience=40,
-        min_delta=1e-4, lr=1e-4, batch_size=2, samples_per_volume=128, queue_length=512, val_patches=128,
-        pore_ratio=0.5, n_trials_unsupervised=5, n_trials_supervised=128, grid_search=True,
-        heuristic_comparison=True,
-    ),
-}
+def _smoke() -> Profile:
+    train = TrainConfig(lr=1e-3, max_epochs=2, patience=1, patch=16, batch_size=4, samples_per_volume=8,
+                        queue_length=32, val_patches=8)
+    return Profile(name="smoke", sim_preset="smoke", net_scale=0.125, folds=2, unsupervised=train,
+                   supervised=copy.deepcopy(train),
+                   search=SearchSpace(unsupervised_nets=("cevae",), supervised_nets=("unet",), widths=(1.0,),
+                                      n_trials_unsupervised=1, n_trials_supervised=1, grid=False,
+                                      heuristic_comparison=False))
 
 
-def get_profile(name: str) -> Profile:
-    """Return the named profile; unknown names raise a one-line ``ConfigError`` listing the known ones."""
+def _quick() -> Profile:
+    # measured in docs/experiments.md ("The quick profile"): lr 1e-3 (the VAE died at 2e-3), more epochs and
+    # patches for both kinds, the UNets with gradient clipping, 70 % pore-centred patches, a one-epoch
+    # warm-up, stronger noise augmentation and no dropout
+    base = {"lr": 1e-3, "min_delta": 1e-4, "patch": 32, "batch_size": 4, "queue_length": 128,
+            "val_patches": 16, "samples_per_volume": 32, "patience": 10}
+    unsupervised = TrainConfig(**base, max_epochs=30)
+    supervised = TrainConfig(**base, max_epochs=20, grad_clip=1.0, pore_ratio=0.7, warmup_steps=64,
+                             augment=AugmentConfig(noise_std=0.16, w_noise=0.5, w_blur=0.2, w_bias=0.2,
+                                                   w_gamma=0.1))
+    return Profile(name="quick", sim_preset="quick", net_scale=0.25, folds=2, unsupervised=unsupervised,
+                   supervised=supervised, supervised_dropout=0.0,
+                   search=SearchSpace(unsupervised_nets=("vae",), supervised_nets=("unet",), widths=(1.0,),
+                                      n_trials_unsupervised=1, n_trials_supervised=1, grid=False,
+                                      heuristic_comparison=True))
+
+
+def _paper() -> Profile:
+    # TrainConfig's and SearchSpace's defaults are the paper's
+    return Profile(name="paper", sim_preset="paper", net_scale=1.0, folds=5)
+
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (_smoke(), _quick(), _paper())}
+
+
+def get_profile(name) -> Profile:
+    """The named profile (a ``Profile`` is returned as given); unknown names raise a one-line
+    ``ConfigError`` listing the known ones."""
+    if isinstance(name, Profile):
+        return name
     try:
         return PROFILES[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}") from None
+
+
+__all__ = ["PROFILES", "TOPHAT_RADIUS", "LabelConfig", "Profile",
+           "SearchSpace", "get_profile"]

@@ -102,7 +102,7 @@ class PoreModel:
                      meta: dict | None = None, **kwargs) -> PoreModel:
         """Wrap a trained net. ``net_kwargs`` default to ``{"scale": net.scale}`` (+ ``patch_size`` for VAEs);
         ``patch`` defaults to the profile's (or the net's ``patch_size``). ``skin`` and (unsupervised)
-        ``smooth`` default to the profile's ``extra["skin"]`` / ``extra["smooth"]`` or porelab's defaults."""
+        ``smooth`` default to the profile's ``skin`` / ``smooth`` (without a profile: porelab's defaults)."""
         from porelab.config import get_profile
         from porelab.nets import is_supervised
         from porelab.postprocess import DEFAULT_SKIN, DEFAULT_SMOOTH
@@ -123,10 +123,9 @@ class PoreModel:
         meta = dict(meta or {})
         if profile is not None:
             meta.setdefault("profile", profile.name)
-        extra = dict(getattr(profile, "extra", None) or {})
-        kwargs.setdefault("skin", int(extra.get("skin", DEFAULT_SKIN)))
+        kwargs.setdefault("skin", int(profile.skin if profile is not None else DEFAULT_SKIN))
         if not is_supervised(name):
-            kwargs.setdefault("smooth", float(extra.get("smooth", DEFAULT_SMOOTH)))
+            kwargs.setdefault("smooth", float(profile.smooth if profile is not None else DEFAULT_SMOOTH))
         state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
         model = cls(name=name, net_kwargs=dict(net_kwargs), state_dict=state, normalisation=normalisation,
                     patch=int(patch), threshold=float(threshold), postprocess=bool(postprocess), meta=meta,
@@ -157,21 +156,42 @@ class PoreModel:
 
     def reconstruct(self, scan: np.ndarray, progress: bool = False, *, device=None) -> np.ndarray:
         """Unsupervised nets: the reassembled deterministic reconstruction x̂ of ``scan`` (normalised units),
-        the input of ``anomaly_map`` and ``surface_compensation``."""
+        the input of ``anomaly_map`` and ``surface_compensation``; NaN at the scan's missing voxels."""
+        filled, missing, _ = fill_nonfinite(scan)
+        x_hat = self._reconstruct(filled, self.normalisation.refit(scan), device, progress)
+        return _mark_missing(x_hat, missing)
+
+    def _reconstruct(self, filled: np.ndarray, norm: Normalisation, device, progress: bool, **kw) -> np.ndarray:
         from porelab.inference import predict_volume
         from porelab.runtime import get_device
 
         if self.kind != "unsupervised":
             raise ConfigError(f"{self.name} is supervised: it has no reconstruction")
         device = get_device(device) if not hasattr(device, "type") else device
+        fn = self._patch_fn(norm, device)
+        return predict_volume(fn, filled, patch=self.patch, overlap=self.overlap, batch_size=self.batch_size,
+                              weighting=self.weighting, progress=progress, device=device,
+                              desc=f"{self.name} reconstruction", **kw)
+
+    def unsupervised_scores(self, scan: np.ndarray, residuals=None, *, progress: bool = False,
+                            device=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{residual: (A, A_pores)}`` of an unsupervised net from one reconstruction: the anomaly score
+        without and with the post-processing (``porelab.postprocess.unsupervised_score``), for each residual
+        mode (default: the model's own). ``A_pores`` is what :meth:`predict` returns with that residual.
+        Missing (non-finite) voxels are NaN in both, as in :meth:`predict`."""
+        from porelab.postprocess import interior_mask, unsupervised_score
+
         filled, missing, _ = fill_nonfinite(scan)
         norm = self.normalisation.refit(scan)
-        scan = filled
-        fn = self._patch_fn(norm, device)
-        x_hat = predict_volume(fn, scan, patch=self.patch, overlap=self.overlap, batch_size=self.batch_size,
-                               weighting=self.weighting, progress=progress, device=device,
-                               desc=f"{self.name} reconstruction")
-        return _mark_missing(x_hat, missing)
+        x_hat = self._reconstruct(filled, norm, device, progress)
+        x = norm.apply(filled)
+        keep = interior_mask(filled, self.skin)
+        out = {}
+        for mode in (residuals or (self.residual,)):
+            a, pp = unsupervised_score(x, x_hat, residual=mode, smooth=self.smooth, postprocess=self.postprocess,
+                                       keep=keep)
+            out[mode] = (_mark_missing(a, missing), _mark_missing(pp, missing))
+        return out
 
     def _patch_fn(self, norm: Normalisation, device):
         from porelab.inference import cached_inference_net
@@ -220,30 +240,27 @@ class PoreModel:
         norm = self.normalisation.refit(scan)
         scan = filled
         info = {"air": norm.air, "material": norm.material}
-        fn = self._patch_fn(norm, device)
-        kw = {"patch": self.patch, "overlap": self.overlap, "batch_size": self.batch_size,
-              "weighting": self.weighting, "progress": progress, "device": device}
         if self.kind == "supervised":
-            score = predict_volume(fn, scan, out=out, desc=f"{self.name} inference", **kw)
-        else:
-            from porelab.postprocess import anomaly_map, surface_compensation
+            from porelab.postprocess import apply_skin, interior_mask
 
-            x_hat = predict_volume(fn, scan, desc=f"{self.name} reconstruction", **kw)
-            a = anomaly_map(norm.apply(scan), x_hat, residual=self.residual, smooth=self.smooth)
-            if self.postprocess:
-                res = surface_compensation(a, x_hat)
-                score = res[0]
-                info["lambda"], info["sigma"] = float(res[1]), float(res[2])
-                del a
-            else:
-                score = a
+            fn = self._patch_fn(norm, device)
+            score = predict_volume(fn, scan, out=out, patch=self.patch, overlap=self.overlap,
+                                   batch_size=self.batch_size, weighting=self.weighting, progress=progress,
+                                   device=device, desc=f"{self.name} inference")
+            apply_skin(score, interior_mask(scan, self.skin))
+        else:
+            from porelab.postprocess import interior_mask, unsupervised_score
+
+            x_hat = self._reconstruct(scan, norm, device, progress)
+            _, score, pp_info = unsupervised_score(norm.apply(scan), x_hat, residual=self.residual,
+                                                   smooth=self.smooth, postprocess=self.postprocess,
+                                                   keep=interior_mask(scan, self.skin), keep_raw=False,
+                                                   return_info=True)
+            info.update(pp_info)
+            del x_hat
             if out is not None:
                 out[...] = score
                 score = out
-        if self.skin:
-            from porelab.postprocess import apply_skin, interior_mask
-
-            apply_skin(score, interior_mask(scan, self.skin))
         info["skin"] = self.skin
         info["nonfinite_voxels"] = n_missing
         score = _mark_missing(score, missing)

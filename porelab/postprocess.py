@@ -46,6 +46,7 @@ __all__ = [
     "fit_lambda",
     "interior_mask",
     "surface_compensation",
+    "unsupervised_score",
     "weighted_median",
 ]
 
@@ -172,6 +173,47 @@ def apply_skin(score: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
     for sl in iter_slabs(np.shape(score), _SLAB_VOXELS):
         score[sl] *= keep[sl]
     return score
+
+
+def unsupervised_score(x, x_hat, *, residual: str = "abs", smooth: float = 0.0, postprocess: bool = True,
+                       keep: np.ndarray | None = None, keep_raw: bool = True, return_info: bool = False):
+    """The anomaly score of an unsupervised net, without and with the post-processing (one scoring path).
+
+    ``A`` is :func:`anomaly_map` of the scan ``x`` against the reconstruction ``x_hat`` (``residual``,
+    ``smooth``); ``A_pores`` is eq. (2)-(3) (:func:`surface_compensation`) applied to it when
+    ``postprocess`` (else ``A`` itself), then set to 0 outside ``keep`` (:func:`apply_skin`; ``None``: nowhere).
+
+    Parameters
+    ----------
+    x, x_hat : array_like float (z, y, x)
+        The normalised scan (missing voxels already filled) and the net's reconstruction.
+    keep : bool array or None
+        :func:`interior_mask` of the raw scan.
+    keep_raw : bool
+        Return ``A`` as well (a separate array). ``False`` returns ``None`` for it, which lets ``A_pores``
+        reuse its buffer when ``postprocess`` is off (one full-size array less).
+    return_info : bool
+        Also return ``{"lambda": λ*, "sigma": σ*}`` (empty without ``postprocess``).
+
+    Returns
+    -------
+    A, A_pores : np.ndarray float32 (``A`` may be ``None``, see ``keep_raw``); info, if ``return_info``.
+
+    References
+    ----------
+    Iuso D. et al. (2024), Sect. 3.2 and 3.4, eq. (2) and (3).
+    """
+    a = anomaly_map(x, x_hat, residual=residual, smooth=smooth)
+    info = {}
+    if postprocess:
+        pp, lam, sigma = surface_compensation(a, x_hat)
+        pp = np.asarray(pp, dtype=np.float32)
+        info = {"lambda": float(lam), "sigma": float(sigma)}
+    else:
+        pp = a.copy() if keep_raw else a
+    apply_skin(pp, keep)
+    out = (a if keep_raw else None), pp
+    return (*out, info) if return_info else out
 
 
 def derivative_sum(v_hat, *, out=None) -> np.ndarray:

@@ -170,8 +170,9 @@ def test_choose_threshold_policies(rng):
 
 @pytest.mark.parametrize("name", ["mssunet", "unetpp", "unet3p", "accunet", "cevae", "gmvae", "vqvae", "rvvae"])
 def test_every_net_trains_and_scores(name, tmp_path):
+    from porelab.config import get_profile
     from porelab.nets import SUPERVISED
-    from porelab.train import Sample, TrainConfig, fit
+    from porelab.train import Sample, fit
 
     sup = name in SUPERVISED
     rng = np.random.default_rng(0)
@@ -181,7 +182,7 @@ def test_every_net_trains_and_scores(name, tmp_path):
     scan[label > 0] = 0.1
     samples = [Sample(scan, label if sup else None, "a")]
     kw = {"scale": 0.125} if sup else {"scale": 0.125, "patch_size": 16}
-    cfg = TrainConfig.from_profile("smoke", max_epochs=1, samples_per_volume=4, val_patches=4, batch_size=2)
+    cfg = get_profile("smoke").train_config(name, max_epochs=1, samples_per_volume=4, val_patches=4, batch_size=2)
     torch.manual_seed(0)
     net, hist = fit(build(name, **kw), name, samples, samples, cfg, progress=False)
     assert np.isfinite(hist["train_loss"][0]) and np.isfinite(hist["val_loss"][0])

@@ -249,10 +249,10 @@ def test_duplicates_of_one_trial_from_before_are_archived(store):
 
 
 def test_register_best_twice_keeps_one_version_in_production(store, tmp_path):
-    """search.register_best of the same study twice (a re-run with the same study name)."""
+    """register_best of the same study twice (a re-run with the same study name)."""
     import optuna
 
-    from porelab import search
+    from porelab.automl.pipeline import register_best
     from porelab.model import PoreModel
     from porelab.nets import build
     from porelab.normalise import Normalisation
@@ -272,9 +272,9 @@ def test_register_best_twice_keeps_one_version_in_production(store, tmp_path):
     study.tell(trial, 0.6)
     ctx = SimpleNamespace(policy=tracking.load_policy(), profile=SimpleNamespace(name="smoke"), seed=0)
     with mlflow.start_run():
-        first = search.register_best(study, NAME, ctx)
+        first = register_best(study, NAME, ctx)
     with mlflow.start_run():
-        second = search.register_best(study, NAME, ctx)
+        second = register_best(study, NAME, ctx)
     assert (first["version"], first["reused"], first["stage"]) == ("1", False, "Production")
     assert (second["version"], second["reused"], second["stage"]) == ("1", True, "Production")
     assert _state() == {"versions": {"1": "Production"}, "production": "1", "staging": None}

@@ -1,4 +1,5 @@
-"""The AutoML pipeline: the whole smoke run, two workers on one study, a killed worker, tables."""
+"""The AutoML pipeline end to end: the smoke run (registry, runs, tables), two workers on one study, a
+stopped or killed worker, a re-run."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from porelab import search, tracking
+from porelab import tracking
+from porelab.automl import pipeline
+from porelab.automl.study import make_study
+from porelab.crossval import make_context
 
 
 def _runs(**filters):
@@ -22,14 +26,31 @@ def _runs(**filters):
     return [r for r in runs if all(r.data.tags.get(k) == v for k, v in filters.items())]
 
 
-def test_smoke_pipeline_end_to_end(mlflow_env, smoke_dataset):
-    """run_search(profile="smoke"): both models registered, in Production with aliases, loadable by name,
-    nested runs with fold metrics, tables logged; `porelab segment --model NAME` works."""
-    summary = search.run_search("smoke", data=str(smoke_dataset.root), storage=mlflow_env["optuna_storage"],
-                                seed=0)
+@pytest.fixture(scope="module")
+def smoke_search(smoke_dataset, tmp_path_factory):
+    """One smoke search (``run_search(profile="smoke")``) in its own store, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("smoke_search")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+        mp.chdir(tmp)
+        summary = pipeline.run_search("smoke", data=str(smoke_dataset.root),
+                                      storage=f"sqlite:///{tmp / 'optuna.db'}", seed=0)
+        yield {"summary": summary, "dir": tmp}
+
+
+def _fold_runs(parent_id: str) -> list:
+    studies = {r.info.run_id for r in _runs(**{"porelab.level": "study"})
+               if r.data.tags.get("mlflow.parentRunId") == parent_id}
+    trials = {r.info.run_id for r in _runs(**{"porelab.level": "trial"})
+              if r.data.tags["mlflow.parentRunId"] in studies}
+    return [r for r in _runs(**{"porelab.level": "fold"}) if r.data.tags["mlflow.parentRunId"] in trials]
+
+
+def test_search_registers_both_models_in_production_loadable_by_name(smoke_search, smoke_dataset):
+    summary = smoke_search["summary"]
     client = mlflow.MlflowClient()
     scan = np.load(smoke_dataset.hard.scan).astype(np.float32)
-    for name in (search.UNSUPERVISED_NAME, search.SUPERVISED_NAME):
+    for name in (pipeline.UNSUPERVISED_NAME, pipeline.SUPERVISED_NAME):
         prod = client.get_model_version_by_alias(name, "production")
         assert prod.current_stage == "Production"
         for uri in (f"models:/{name}@production", f"models:/{name}/Production"):
@@ -42,67 +63,79 @@ def test_smoke_pipeline_end_to_end(mlflow_env, smoke_dataset):
         pm = tracking.resolve_model(name)                      # bare name → Production version
         assert pm.kind == ("unsupervised" if name.endswith("unsupervised") else "supervised")
         assert pm.threshold == pytest.approx(meta["threshold"])
+    assert summary["supervised"]["best_params"] == {"net": "unet", "alpha": 0.633, "beta": 0.1, "gamma": 1.0}
 
-    # nesting: search → study → trial → fold, fold runs carry the fold metrics and per-epoch losses
-    parent = client.get_run(summary["run_id"])
+
+def test_search_runs_nest_study_trial_fold_with_fold_metrics(smoke_search, smoke_dataset):
+    client = mlflow.MlflowClient()
+    parent = client.get_run(smoke_search["summary"]["run_id"])
     studies = [r for r in _runs(**{"porelab.level": "study"})
                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {r.info.run_name for r in studies} >= {"study-unsupervised", "study-supervised"}
-    study_ids = {r.info.run_id for r in studies}
-    trials = [r for r in _runs(**{"porelab.level": "trial"})
-              if r.data.tags["mlflow.parentRunId"] in study_ids]
-    assert len(trials) == 2
-    trial_ids = {r.info.run_id for r in trials}
-    folds = [r for r in _runs(**{"porelab.level": "fold"}) if r.data.tags["mlflow.parentRunId"] in trial_ids]
-    assert len(folds) == 2 * len(search.make_context("smoke", smoke_dataset.root, 0).folds)
+    folds = _fold_runs(parent.info.run_id)
+    assert len(folds) == 2 * len(make_context("smoke", smoke_dataset.root, 0).folds)
     for f in folds:
         assert {"val_ap", "val_auc", "val_dice", "hard_ap", "hard_auc", "val_ap_alg1"} <= set(f.data.metrics)
         assert 0.0 <= f.data.metrics["val_ap"] <= 1.0
         assert len(client.get_metric_history(f.info.run_id, "train_loss")) >= 1
+    assert parent.data.tags["porelab.dataset_sha256"]
+    assert parent.data.params["profile"] == "smoke"
+
+
+def test_search_keeps_the_residual_that_won_on_validation(smoke_search):
+    folds = _fold_runs(smoke_search["summary"]["run_id"])
     unsup_folds = [f for f in folds if "val_ap_pp" in f.data.metrics]
     assert len(unsup_folds) == len(folds) // 2
     for f in unsup_folds:      # both residuals scored; the fold's model uses the better one on validation
         m = f.data.metrics
         assert m["val_ap_pp_abs"] >= 0 and m["val_ap_pp_dark"] >= 0
-    chosen = tracking.resolve_model(search.UNSUPERVISED_NAME)
+    chosen = tracking.resolve_model(pipeline.UNSUPERVISED_NAME)
     choice = chosen.meta["residual_choice"]
     assert choice["chosen"] == chosen.residual == max(choice["val_ap_pp"], key=choice["val_ap_pp"].get)
 
-    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "tables")}
-    assert {"tables/summary.csv", "tables/summary.md", "tables/complexity.csv"} <= arts
-    optuna_arts = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
-    assert {"optuna/unsupervised_optimization_history.png", "optuna/supervised_trials.csv"} <= optuna_arts
-    md = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
-                                                  artifact_path="tables/summary.md",
-                                                  dst_path=str(mlflow_env["dir"] / "dl"))).read_text()
-    assert "black top-hat" in md and "Algorithm 1 labels (as score)" in md and "cevae" in md
-    assert parent.data.tags["porelab.dataset_sha256"]
-    assert parent.data.params["profile"] == "smoke"
 
-    # segment by registered name through the CLI (porelab/cli/engine_cmds.py → tracking.resolve_model)
-    out = mlflow_env["dir"] / "seg"
+def test_search_logs_tables_and_plots_on_the_parent_run(smoke_search, smoke_dataset):
+    client = mlflow.MlflowClient()
+    run_id = smoke_search["summary"]["run_id"]
+    arts = {a.path for a in client.list_artifacts(run_id, "tables")}
+    assert {"tables/summary.csv", "tables/summary.md", "tables/complexity.csv"} <= arts
+    optuna_arts = {a.path for a in client.list_artifacts(run_id, "optuna")}
+    assert {"optuna/unsupervised_optimization_history.png", "optuna/supervised_trials.csv"} <= optuna_arts
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert plots == {f"plots/pr_roc_{s.name}.png" for s in (smoke_dataset.hard, smoke_dataset.cv[0])}
+    md = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="tables/summary.md",
+                                                  dst_path=str(smoke_search["dir"] / "dl"))).read_text()
+    assert "black top-hat" in md and "Algorithm 1 labels (as score)" in md and "cevae" in md
+
+
+def test_segment_cli_by_registered_name(smoke_search, smoke_dataset):
+    """`porelab segment --model NAME` resolves the Production version; an unknown name is one line, exit 2."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{smoke_search['dir'] / 'mlflow.db'}"}
+    out = smoke_search["dir"] / "seg"
     res = subprocess.run([sys.executable, "-m", "porelab", "segment", str(smoke_dataset.hard.scan), "-o",
-                          str(out), "--model", search.SUPERVISED_NAME], capture_output=True, text=True,
-                         check=False,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+                          str(out), "--model", pipeline.SUPERVISED_NAME], capture_output=True, text=True,
+                         check=False, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert any(out.iterdir())
+    assert {"score.npy", "mask.npy", "pores.csv"} <= {p.name for p in out.iterdir()}
     res = subprocess.run([sys.executable, "-m", "porelab", "segment", str(smoke_dataset.hard.scan), "-o",
-                          str(mlflow_env["dir"] / "seg2"), "--model", "porelab-nonexistent"],
-                         capture_output=True, text=True, timeout=300, check=False)
+                          str(smoke_search["dir"] / "seg2"), "--model", "porelab-nonexistent"],
+                         capture_output=True, text=True, timeout=300, check=False, env=env)
     assert res.returncode == 2 and "porelab-unsupervised" in res.stderr and "Traceback" not in res.stderr
 
 
 _WORKER = textwrap.dedent("""
     import sys
-    from porelab import search, tracking
+    from porelab import tracking
+    from porelab.automl.study import run_study
     from porelab.config import get_profile
+    from porelab.crossval import make_context
     data, storage, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     tracking.setup_mlflow()
     prof = get_profile("smoke").replace(folds=1)
-    ctx = search.make_context(prof, data, 0)
+    ctx = make_context(prof, data, 0)
     with tracking.sigterm_as_interrupt(), tracking.parent_run("worker"):
-        search.run_study(ctx, "unsupervised", "shared", tracking.optuna_storage(storage), n)
+        run_study(ctx, "unsupervised", "shared", tracking.optuna_storage(storage), n)
 """)
 
 
@@ -145,7 +178,7 @@ _BLOCKED_SEARCH = textwrap.dedent("""
     import time
     from pathlib import Path
 
-    from porelab import search
+    from porelab import crossval
 
     ready = Path(sys.argv[1])
 
@@ -155,7 +188,7 @@ _BLOCKED_SEARCH = textwrap.dedent("""
         while True:
             time.sleep(0.05)
 
-    search.train_fold = blocked_train_fold
+    crossval.train_fold = blocked_train_fold
     from porelab.cli import main
 
     main(["search", "--profile", "smoke", "--quiet", *sys.argv[2:]], prog_name="porelab")
@@ -206,7 +239,7 @@ def test_sigterm_mid_trial_is_one_line_non_zero_and_leaves_nothing_running(mlflo
     assert mlflow.get_run(t.user_attrs["mlflow_fold_0"]).info.status == "KILLED"
     assert _levels("RUNNING") == {}
     assert {"search", "study", "trial", "fold"} <= set(_levels("KILLED"))
-    again = search.make_study("s1-unsupervised", tracking.optuna_storage(str(storage)), seed=0)
+    again = make_study("s1-unsupervised", tracking.optuna_storage(str(storage)), seed=0)
     assert len(again.trials) == len(study.trials)
 
 
@@ -222,7 +255,7 @@ def test_hard_killed_worker_is_cleaned_up_on_resume(mlflow_env, smoke_dataset):
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL
     assert {"search", "study", "trial", "fold"} <= set(_levels("RUNNING"))
-    study = search.make_study("s1-unsupervised", tracking.optuna_storage(str(storage)), seed=0)
+    study = make_study("s1-unsupervised", tracking.optuna_storage(str(storage)), seed=0)
     assert tracking.fail_orphaned_trials(study) == [0]
     assert study.trials[0].state == TrialState.FAIL
     assert _levels("RUNNING") == {}
@@ -237,9 +270,9 @@ def test_rerunning_the_search_keeps_one_production_per_name(mlflow_env, smoke_da
     client = mlflow.MlflowClient()
     before: dict = {}
     for _ in range(2):
-        search.run_search("smoke", data=str(smoke_dataset.root), storage=mlflow_env["optuna_storage"],
+        pipeline.run_search("smoke", data=str(smoke_dataset.root), storage=mlflow_env["optuna_storage"],
                           seed=0, study_name="s1", n_trials=1)
-        for name in (search.UNSUPERVISED_NAME, search.SUPERVISED_NAME):
+        for name in (pipeline.UNSUPERVISED_NAME, pipeline.SUPERVISED_NAME):
             versions = client.search_model_versions(f"name='{name}'")
             stages = {str(v.version): v.current_stage for v in versions}
             prod = [v for v, st in stages.items() if st == "Production"]
@@ -251,73 +284,3 @@ def test_rerunning_the_search_keeps_one_production_per_name(mlflow_env, smoke_da
                 if st == "Production":
                     assert stages[v] in ("Production", "Archived"), stages
             before[name] = stages
-
-
-def test_tables_and_classical_rows(smoke_dataset, tmp_path):
-    """Black top-hat lights up dark pores; summary rows carry mean ± CI of the fold metrics."""
-    ctx = search.make_context("smoke", smoke_dataset.root, 0, workdir=tmp_path)
-    s = ctx.cv[0]
-    th = search.tophat_score(s)
-    assert th.shape == s.raw.shape and (th >= 0).all() and not th[~s.object].any()
-    assert th[s.truth & s.object].mean() > th[~s.truth & s.object].mean()
-    rows = search.summary_rows([("m", "unsupervised", "none",
-                                 [{"val_ap": 0.5, "val_ap_pp": 0.7}, {"val_ap": 0.7, "val_ap_pp": 0.9}])])
-    assert [r["postprocessed"] for r in rows] == ["no", "yes"]
-    assert rows[0]["val_ap"] == pytest.approx(0.6) and rows[1]["val_ap"] == pytest.approx(0.8)
-    assert rows[0]["val_ap_ci95"] == pytest.approx(12.706 * 0.1, rel=1e-3)   # t(0.975, 1) · s / √2
-    base = search.baselines(ctx)
-    assert len(base["black top-hat"]) == len(ctx.folds)
-    assert 0.0 < base["black top-hat"][0]["val_ap"] <= 1.0
-
-
-def test_unsupervised_scores_match_predict(smoke_dataset):
-    """One reconstruction gives every score, equal to PoreModel.predict without any post-processing / with
-    all of it (eq. (2)-(3) and the skin suppression), for both residual modes."""
-    from porelab.model import PoreModel
-    from porelab.nets import build
-    from porelab.normalise import Normalisation
-
-    raw = np.load(smoke_dataset.cv[0].scan).astype(np.float32)
-    net = build("vae", scale=0.125, patch_size=16)
-    model = PoreModel.from_trained(net, "vae", Normalisation.fit(raw), "smoke", patch=16)
-    scores = search.unsupervised_scores(model, raw, ("abs", "dark"))
-    for mode, (a, a_pp) in scores.items():
-        m = model.replace(residual=mode)
-        np.testing.assert_allclose(a, m.replace(postprocess=False, skin=0).predict(raw), atol=1e-6)
-        np.testing.assert_allclose(a_pp, m.replace(postprocess=True).predict(raw), atol=1e-6)
-        assert not np.allclose(a, a_pp)
-    assert (scores["dark"][0] <= scores["abs"][0] + 1e-6).all()
-    assert list(search.unsupervised_scores(model, raw)) == ["abs"]          # default: the model's own
-
-
-def test_supervised_space_takes_net_kwargs_from_the_profile(smoke_dataset, tmp_path):
-    import optuna
-    import torch
-
-    from porelab.nets import build
-
-    ctx = search.make_context("smoke", smoke_dataset.root, 0, workdir=tmp_path)
-    trial = optuna.create_study().ask()
-    name, kwargs, loss = search.supervised_space(trial, ctx)
-    assert kwargs == {"scale": ctx.profile.net_scale} and set(loss) == {"alpha", "beta", "gamma"}
-    ctx.profile = ctx.profile.replace(extra={**ctx.profile.extra, "supervised_net_kwargs": {"dropout": 0.0}})
-    name, kwargs, _ = search.supervised_space(optuna.create_study().ask(), ctx)
-    assert kwargs["dropout"] == 0.0
-    net = build(name, **kwargs)
-    assert not any(isinstance(m, torch.nn.Dropout3d) for m in net.modules())
-
-
-def test_a_fold_is_reproducible_from_its_seed(smoke_dataset, tmp_path):
-    """train_fold seeds the initial weights as well as the training: same seed, same model."""
-    import torch
-
-    ctx = search.make_context("smoke", smoke_dataset.root, 0, workdir=tmp_path)
-    ctx.profile = ctx.profile.replace(max_epochs=1, samples_per_volume=2)
-    labels = {s.name: s.truth for s in ctx.cv}
-    runs = []
-    for seed in (3, 3, 4):
-        torch.manual_seed(len(runs))           # a different global state before every call
-        model, _ = search.train_fold(ctx, "unet", {"scale": 0.125}, {}, 0, labels=labels, seed=seed)
-        runs.append(model.state_dict)
-    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
-    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])

@@ -28,7 +28,9 @@ def _cfg(**kw):
     base = {"max_epochs": 3, "patience": 10, "samples_per_volume": 8, "queue_length": 16, "val_patches": 8,
             "batch_size": 4, "lr": 1e-3, "patch": 16}
     base.update(kw)
-    return TrainConfig.from_profile("smoke", **base)
+    from porelab.config import get_profile
+
+    return get_profile("smoke").train_config("unet", **base)
 
 
 def test_config_defaults_are_the_papers_and_profiles_scale_them():
@@ -37,30 +39,28 @@ def test_config_defaults_are_the_papers_and_profiles_scale_them():
     from porelab.config import get_profile
 
     smoke = get_profile("smoke")
-    s = TrainConfig.from_profile("smoke", max_epochs=7)
-    assert (s.patch, s.lr, s.max_epochs, s.samples_per_volume) == (smoke.patch, smoke.lr, 7,
-                                                                    smoke.samples_per_volume)
-    assert TrainConfig.from_profile(get_profile("paper")).patience == 40
+    s = smoke.train_config("unet", max_epochs=7)
+    assert (s.patch, s.lr, s.max_epochs, s.samples_per_volume) == (smoke.supervised.patch, smoke.supervised.lr, 7,
+                                                                    smoke.supervised.samples_per_volume)
+    assert smoke.supervised.max_epochs != 7                                  # a copy: the profile is unchanged
+    assert get_profile("paper").train_config("vae").patience == 40
     with pytest.raises(ConfigError, match="unknown training option"):
-        TrainConfig.from_profile("smoke", learning_rate=1)
+        smoke.train_config("unet", learning_rate=1)
     with pytest.raises(ConfigError, match="unknown profile"):
-        TrainConfig.from_profile("nope")
+        get_profile("nope")
 
 
 def test_profile_training_settings_per_kind_of_net():
     from porelab.config import get_profile
 
     quick = get_profile("quick")
-    sup, unsup = quick.extra["supervised_train"], quick.extra["unsupervised_train"]
-    u = TrainConfig.from_profile(quick, net="unet")
-    assert (u.max_epochs, u.lr, u.grad_clip) == (sup["max_epochs"], sup["lr"], sup["grad_clip"])
-    v = TrainConfig.from_profile("quick", net="vae")
-    assert v.max_epochs == unsup["max_epochs"] != u.max_epochs and v.grad_clip is None
-    assert TrainConfig.from_profile(quick).max_epochs == quick.max_epochs          # no net: the base values
-    assert TrainConfig.from_profile(quick, net="unet", max_epochs=3).max_epochs == 3  # overrides win
-    bad = quick.replace(extra={**quick.extra, "supervised_train": {"epochs": 3}})
-    with pytest.raises(ConfigError, match="unknown training option"):
-        TrainConfig.from_profile(bad, net="unet")
+    u = quick.train_config("unet")
+    assert (u.max_epochs, u.lr, u.grad_clip) == (quick.supervised.max_epochs, quick.supervised.lr,
+                                                 quick.supervised.grad_clip)
+    v = quick.train_config("vae")
+    assert v.max_epochs == quick.unsupervised.max_epochs != u.max_epochs and v.grad_clip is None
+    assert quick.train_config("unet", max_epochs=3).max_epochs == 3                  # overrides win
+    assert quick.train_config("unet", augment={"noise_std": 0.2}).augment.noise_std == 0.2
 
 
 def test_loss_falls_on_a_toy_volume():

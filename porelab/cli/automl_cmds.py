@@ -1,4 +1,4 @@
-"""``porelab search``, ``cv``, ``pseudolabel``, ``retrain``: thin wrappers over :mod:`porelab.search`.
+"""``porelab search``, ``cv``, ``pseudolabel``, ``retrain``: thin wrappers over :mod:`porelab.automl.pipeline`.
 
 MLflow and Optuna are imported inside the commands so ``porelab --help`` stays fast.
 """
@@ -10,6 +10,8 @@ import math
 import sys
 
 import click
+
+from porelab.nets import NAMES
 
 _PROFILES = click.Choice(["smoke", "quick", "paper"])
 
@@ -65,7 +67,7 @@ def search(profile, data, n_trials, study_name, storage, seed, quiet):
 
     Scans are (z, y, x). Tracking goes to MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db; runs nest
     search → study → trial → fold. Both best models are registered (porelab-unsupervised,
-    porelab-supervised) and promoted by registry/policy.json. Prints a JSON summary.
+    porelab-supervised) and promoted by the registry policy (metric, rule). Prints a JSON summary.
 
     \b
     Example:
@@ -73,7 +75,7 @@ def search(profile, data, n_trials, study_name, storage, seed, quiet):
       mlflow run . -e search --env-manager local -P profile=quick   # the same as an MLflow Project
       mlflow ui --backend-store-uri sqlite:///mlflow.db             # then open http://127.0.0.1:5000
     """
-    from porelab.search import run_search
+    from porelab.automl.pipeline import run_search
 
     try:
         summary = run_search(profile, data or None, n_trials or None, study_name, storage or None, seed,
@@ -87,8 +89,7 @@ def search(profile, data, n_trials, study_name, storage, seed, quiet):
 
 @click.command("cv")
 @click.option("--data", default="", help="Dataset folder with manifest.json (empty: simulated, as search).")
-@click.option("--net", required=True,
-              help="Network: unet mssunet unetpp unet3p accunet vae cevae gmvae vqvae rvvae.")
+@click.option("--net", required=True, type=click.Choice(NAMES), help="Network.")
 @click.option("--profile", type=_PROFILES, default="quick", show_default=True, help="Sizes and budgets.")
 @click.option("--labels", default="truth", show_default=True,
               help="Supervised training labels: truth, alg1 (Algorithm 1), or a folder of <scan>_pseudo.npy.")
@@ -108,7 +109,7 @@ def cv(data, net, profile, labels, params, scale, seed, quiet):
       porelab cv --net cevae --profile smoke --param kl_weight=1e-5
       porelab cv --net unet --labels alg1 --param alpha=0.7 --param beta=0.3
     """
-    from porelab.search import run_cv
+    from porelab.automl.pipeline import run_cv
 
     kwargs = {"scale": scale} if scale else {}
     try:
@@ -132,8 +133,8 @@ def cv(data, net, profile, labels, params, scale, seed, quiet):
 def pseudolabel(data, model, out, profile, overwrite):
     """Pseudo-labels of every cv scan of a dataset from an (unsupervised) model.
 
-    Score → threshold (the model's) inside the part → pores smaller than the policy's minimum
-    (registry/policy.json) removed. Writes one uint8 (z, y, x) mask per scan and stats.json (porosity %,
+    Score → threshold (the model's) inside the part → pores smaller than the profile's minimum size
+    removed (porelab.config.LabelConfig). Writes one uint8 (z, y, x) mask per scan and stats.json (porosity %,
     pore count, Dice against truth and against Algorithm 1 labels).
 
     \b
@@ -141,18 +142,17 @@ def pseudolabel(data, model, out, profile, overwrite):
       porelab pseudolabel --data porelab-data/quick -o labels
       porelab retrain --data porelab-data/quick --labels labels
     """
-    from pathlib import Path
 
     import numpy as np
 
     from porelab import tracking
+    from porelab.automl.pipeline import model_pseudo_labels, pipeline_context
     from porelab.io import atomic_path, prepare_output
-    from porelab.search import make_context, pseudo_labels
 
     target = prepare_output(out, inputs=[data], overwrite=overwrite, is_dir=True)
     tracking.setup_mlflow()
-    ctx = make_context(profile, data, 0)
-    labels, stats, info = pseudo_labels(ctx, model)
+    ctx = pipeline_context(profile, data, 0)
+    labels, stats, info = model_pseudo_labels(ctx, model)
     with atomic_path(target, is_dir=True, overwrite=overwrite, marker="pseudolabel") as tmp:
         tmp.mkdir(exist_ok=True)
         for name, mask in labels.items():
@@ -178,7 +178,7 @@ def retrain(data, labels, profile, n_trials, study_name, storage, seed, quiet):
     Example:
       porelab retrain --data porelab-data/quick --profile quick --n-trials 4
     """
-    from porelab.search import run_retrain
+    from porelab.automl.pipeline import run_retrain
 
     try:
         result = run_retrain(profile, data, labels or None, n_trials or None, study_name, storage or None,

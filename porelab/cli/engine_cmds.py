@@ -1,4 +1,4 @@
-"""``porelab train`` and ``porelab segment``: thin wrappers over porelab.train, porelab.model, porelab.patches."""
+"""``porelab train`` and ``porelab segment``: thin wrappers over :mod:`porelab.crossval` and :mod:`porelab.segment`."""
 
 from __future__ import annotations
 
@@ -10,71 +10,9 @@ from pathlib import Path
 
 import click
 
-NET_NAMES = ("unet", "mssunet", "unetpp", "unet3p", "accunet", "vae", "cevae", "gmvae", "vqvae", "rvvae")
+from porelab.nets import NAMES
+
 MASK_FORMATS = ("npy", "tif", "nii.gz", "mha", "nrrd")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# helpers (also used by tests)
-# ---------------------------------------------------------------------------------------------------------------
-def load_training_scans(data: str | Path, *, labels: str, progress: bool = False) -> tuple[list, list, list]:
-    """(samples, raw scans, truths) of a dataset's cv scans; ``labels`` is "heuristic" or "truth".
-
-    Each scan is normalised with its own ``Normalisation.fit`` (per-scan levels); the label of each sample is
-    the truth mask or the Algorithm 1 heuristic labels of the raw scan.
-    """
-    import numpy as np
-
-    from porelab.errors import ConfigError
-    from porelab.normalise import Normalisation
-    from porelab.simulate.dataset import load_manifest
-    from porelab.train import Sample
-
-    ds = load_manifest(data)
-    cv = ds.cv
-    if len(cv) < 2:
-        raise ConfigError(f"{data}: training needs at least 2 cv scans (one for validation), found {len(cv)}")
-    samples, raws, truths = [], [], []
-    for info in cv:
-        scan, truth, _ = info.load(mmap=True)
-        scan = np.asarray(scan, dtype=np.float32)
-        if labels == "truth":
-            lab = np.asarray(truth) > 0
-        else:
-            from porelab.labels import heuristic_labels
-
-            lab = heuristic_labels(scan, progress=progress)
-        norm = Normalisation.fit(scan)
-        samples.append(Sample(norm.apply(scan), lab.astype(np.uint8), info.name))
-        raws.append(scan)
-        truths.append(np.asarray(truth) > 0)
-    return samples, raws, truths
-
-
-def overlay_png(path: Path, volume, mask, *, title: str = "") -> None:
-    """Three orthogonal mid-slices of ``volume`` in grey with ``mask`` in red (written to ``path``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    z, y, x = (s // 2 for s in volume.shape)
-    views = [(np.asarray(volume[z]), np.asarray(mask[z]), f"z = {z}"),
-             (np.asarray(volume[:, y]), np.asarray(mask[:, y]), f"y = {y}"),
-             (np.asarray(volume[:, :, x]), np.asarray(mask[:, :, x]), f"x = {x}")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, (img, m, label) in zip(axes, views):
-        lo, hi = np.percentile(img, [0.5, 99.5])
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
-        ax.imshow(np.ma.masked_where(~m.astype(bool), m), cmap="autumn", alpha=0.7, interpolation="nearest")
-        ax.set_title(label)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,7 +21,7 @@ def overlay_png(path: Path, volume, mask, *, title: str = "") -> None:
 @click.command("train")
 @click.option("--data", "data", required=True, type=click.Path(), help="Dataset folder with manifest.json "
               "(from `porelab simulate`).")
-@click.option("--net", "net_name", required=True, type=click.Choice(NET_NAMES), help="Network to train.")
+@click.option("--net", "net_name", required=True, type=click.Choice(NAMES), help="Network to train.")
 @click.option("-o", "--output", "output", required=True, type=click.Path(), help="Model folder to write.")
 @click.option("--profile", default="quick", show_default=True, help="smoke | quick | paper: sizes and budgets.")
 @click.option("--labels", type=click.Choice(["heuristic", "truth"]), default="heuristic", show_default=True,
@@ -109,61 +47,43 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
       porelab train --data data --net unet -o models/unet --profile smoke
       porelab segment data/cyl1_scan.npy -o seg --model models/unet
     """
-    import numpy as np
-
     from porelab.config import get_profile
+    from porelab.crossval import default_net_kwargs, fit_fold, label_source, make_context
     from porelab.errors import ConfigError
     from porelab.io import prepare_output
-    from porelab.metrics import evaluate_scores
-    from porelab.model import PoreModel, choose_threshold
-    from porelab.nets import build, is_supervised
-    from porelab.normalise import Normalisation
-    from porelab.train import TrainConfig, fit
+    from porelab.nets import is_supervised
 
     output = prepare_output(output, inputs=[data], overwrite=overwrite, is_dir=True)  # before any training
     prof = get_profile(profile)
     overrides = {"max_epochs": max_epochs} if max_epochs is not None else {}
     if max_epochs is not None and max_epochs < 1:
         raise ConfigError(f"--max-epochs must be >= 1, got {max_epochs}")
-    config = TrainConfig.from_profile(prof, net=net_name, **overrides)
-    scale = prof.net_scale if scale is None else scale
-    if not scale > 0:
+    if scale is not None and not scale > 0:
         raise ConfigError(f"--scale must be > 0, got {scale}")
-    supervised = is_supervised(net_name)
-    net_kwargs = {"scale": scale} if supervised else {"scale": scale, "patch_size": config.patch}
+    net_kwargs = default_net_kwargs(prof, net_name, scale)
 
     t0 = time.perf_counter()
-    samples, raws, truths = load_training_scans(data, labels=labels)
-    train_s, val_s = samples[:-1], samples[-1:]
-    if not supervised:  # unsupervised nets never see labels in training
-        from porelab.train import Sample
-
-        train_s = [Sample(s.scan, None, s.name) for s in train_s]
-        val_s = [Sample(s.scan, None, s.name) for s in val_s]
-    net = build(net_name, **net_kwargs)
-    net, history = fit(net, net_name, train_s, val_s, config, checkpoint_dir=checkpoints, seed=seed,
-                       rebuild=lambda _k: build(net_name, **net_kwargs), progress=True)
-
-    norm = Normalisation.fit(raws[0])
-    model = PoreModel.from_trained(net, net_name, norm, prof, net_kwargs=net_kwargs, patch=config.patch)
-    val_raw, val_label = raws[-1], samples[-1].label.astype(bool)
-    score = model.predict(val_raw, progress=True)
-    model.threshold, policy = choose_threshold(score, val_label, kind=model.kind)
-    metrics = evaluate_scores(score, truths[-1], threshold=model.threshold)
+    # one fold: the last cv scan validates (early stopping, threshold), all the others train
+    ctx = make_context(prof, data, seed, progress=True, folds=[-1], hard=False)
+    fold = ctx.folds[0]
+    lab = label_source(ctx, labels)
+    result = fit_fold(ctx, net_name, net_kwargs, {}, fold, labels=lab if is_supervised(net_name) else None,
+                      threshold_labels=lab, seed=seed, overrides=overrides, checkpoint_dir=checkpoints)
+    model, history, metrics = result.model, result.history, result.metrics
+    val = ctx.cv[fold]
     model.meta.update({
-        "threshold_policy": policy, "labels": labels, "seed": seed, "profile": prof.name,
-        "dataset": str(Path(data).resolve()), "validation_scan": samples[-1].name,
-        "train_scans": [s.name for s in train_s], "train_config": config.to_dict(),
+        "labels": labels, "seed": seed, "profile": prof.name, "dataset": str(Path(data).resolve()),
+        "validation_scan": val.name, "train_scans": [s.name for i, s in enumerate(ctx.cv) if i != fold],
         "history": {k: history[k] for k in ("train_loss", "val_loss", "seconds", "best_epoch", "stopped_early",
                                             "epochs")},
-        "validation_metrics": {k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
-                               for k, v in metrics.items()},
+        "validation_metrics": metrics,
     })
     model.save(output)
     summary = {"model": str(output), "net": net_name, "epochs": history["epochs"],
-               "best_epoch": history["best_epoch"], "threshold": model.threshold, "threshold_policy": policy,
-               "val_ap": metrics.get("ap"), "val_auc": metrics.get("auc"), "val_dice": metrics.get("dice"),
-               "pore_fraction": metrics.get("pore_fraction"), "seconds": round(time.perf_counter() - t0, 1)}
+               "best_epoch": history["best_epoch"], "threshold": model.threshold,
+               "threshold_policy": model.meta["threshold_policy"], "val_ap": metrics.get("val_ap"),
+               "val_auc": metrics.get("val_auc"), "val_dice": metrics.get("val_dice"),
+               "seconds": round(time.perf_counter() - t0, 1)}
     click.echo(json.dumps(summary, indent=2, default=float))
 
 
@@ -211,7 +131,9 @@ def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_f
 
     from porelab.errors import ConfigError
     from porelab.io import atomic_path, prepare_output, read_volume, write_json, write_volume
+    from porelab.pores import write_report
     from porelab.runtime import get_device
+    from porelab.segment import segment as segment_scan
     from porelab.tracking import resolve_model
 
     out_dir = prepare_output(output, inputs=[scan, model_spec], overwrite=overwrite, is_dir=True)
@@ -221,37 +143,28 @@ def segment(scan, output, model_spec, threshold, skin, spacing, no_score, mask_f
         raise ConfigError(f"--threshold must be a finite number, got {threshold}")
     device = get_device(device)                   # an unavailable --device fails before anything is read
     model = resolve_model(model_spec)             # fail early: nothing written for a bad model
-    if skin is not None:
-        model = model.replace(skin=skin)
     vol = read_volume(scan, spacing=spacing)      # ... or a bad scan
-    thr = model.threshold if threshold is None else float(threshold)
     t0 = time.perf_counter()
     with atomic_path(out_dir, is_dir=True, overwrite=overwrite, marker="segment") as tmp:
         tmp.mkdir(exist_ok=True)
         out = None
         if not no_score:
             out = np.lib.format.open_memmap(tmp / "score.npy", mode="w+", dtype=np.float32, shape=vol.shape)
-        score, info = model.predict(vol.array, progress=True, out=out, device=device, return_info=True)
+        seg = segment_scan(vol, model, threshold=threshold, skin=skin, progress=True, out=out, device=device)
+        score, info, thr = seg.score, seg.info, seg.threshold
+        model = model.replace(skin=int(info.get("skin", model.skin)))
         n_missing = int(info.get("nonfinite_voxels", 0))
-        mask = np.empty(vol.shape, dtype=np.uint8)
-        for z in range(0, vol.shape[0], 16):
-            mask[z:z + 16] = np.asarray(score[z:z + 16]) >= thr
+        mask = seg.mask.view(np.uint8)
         if out is not None:
             out.flush()
         write_volume(tmp / f"mask.{mask_format}", mask, spacing=vol.spacing)
-        report = {}
-        try:
-            from porelab.pores import write_report
-        except ImportError as exc:  # pragma: no cover - only while the pore report module is missing
-            click.echo(f"porelab: warning: pore report skipped ({exc})", err=True)
-            overlay_png(tmp / "overlay.png", vol.array, mask, title=f"{model.name}, threshold {thr:.4g}")
-        else:  # pores.csv, summary.json, size_histogram.png, overlay.png
-            report = write_report(mask.astype(bool), tmp, volume=vol, spacing=vol.spacing if vol.spacing_known
-                                  else None, score=score, progress=True,
-                                  parameters={"model": str(model_spec), "net": model.name, "threshold": thr,
-                                              "threshold_policy": model.meta.get("threshold_policy"),
-                                              "nonfinite_voxels": n_missing}) or {}
-        del score, out
+        # pores.csv, summary.json, size_histogram.png, overlay.png
+        report = write_report(seg.mask, tmp, volume=vol, spacing=vol.spacing if vol.spacing_known else None,
+                              score=score, progress=True,
+                              parameters={"model": str(model_spec), "net": model.name, "threshold": thr,
+                                          "threshold_policy": model.meta.get("threshold_policy"),
+                                          "nonfinite_voxels": n_missing}) or {}
+        del score, out, seg
         seconds = time.perf_counter() - t0
         summary = {"scan": str(scan), "shape": list(vol.shape), "spacing": list(vol.spacing),
                    "spacing_known": vol.spacing_known, "model": str(model_spec), "net": model.name,

@@ -1,4 +1,5 @@
-"""Training settings and training scans: ``TrainConfig`` (the paper's values, scaled by a profile) and ``Sample``."""
+"""Training settings and training scans: ``TrainConfig`` (the paper's values; each profile holds one per kind of
+net, ``porelab.config.Profile.train_config``) and ``Sample``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from porelab.errors import ConfigError
 from porelab.sampling import AugmentConfig
 
 
@@ -68,36 +68,6 @@ class TrainConfig:
     plateau_epochs: int = 4
     plateau_loss: float = 0.85
     device: str | None = None
-
-    @classmethod
-    def from_profile(cls, profile, net: str | None = None, **overrides) -> TrainConfig:
-        """Config from a ``porelab.config.Profile`` (or its name). With ``net`` (a network name) the profile's
-        ``extra["supervised_train"]`` or ``extra["unsupervised_train"]`` fields apply for that kind of net;
-        ``overrides`` replace single fields last."""
-        from porelab.config import Profile, get_profile
-
-        if isinstance(profile, str):
-            profile = get_profile(profile)
-        if not isinstance(profile, Profile):
-            raise ConfigError(f"expected a Profile or a profile name, got {type(profile).__name__}")
-        kw = {"lr": profile.lr, "max_epochs": profile.max_epochs, "patience": profile.patience,
-                  "min_delta": profile.min_delta, "patch": profile.patch, "batch_size": profile.batch_size,
-                  "samples_per_volume": profile.samples_per_volume, "queue_length": profile.queue_length,
-                  "val_patches": profile.val_patches, "pore_ratio": profile.pore_ratio,
-                  "augment": AugmentConfig.from_dict(profile.extra.get("augment"))}
-        if net is not None:
-            from porelab.nets import is_supervised
-
-            per_kind = profile.extra.get("supervised_train" if is_supervised(net) else "unsupervised_train")
-            overrides = {**dict(per_kind or {}), **overrides}
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(overrides) - names)
-        if bad:
-            raise ConfigError(f"unknown training option(s) {', '.join(bad)}; known: {', '.join(sorted(names))}")
-        if isinstance(overrides.get("augment"), dict):
-            overrides["augment"] = AugmentConfig.from_dict(overrides["augment"])
-        kw.update(overrides)
-        return cls(**kw)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -3,7 +3,8 @@
 Iuso et al. (2024), §4.2: "Each of the models was trained with the Adam optimiser (learning rate of 0.0001)
 and halted through early stopping when the loss value did not decrease by more than 0.0001 for 40
 consecutive epochs"; "A unique main seed propagated throughout the libraries". ``TrainConfig``'s defaults
-are those values (and 64³ patches, batch 2); ``TrainConfig.from_profile`` scales them for a CPU.
+are those values (and 64³ patches, batch 2); each ``porelab.config.Profile`` holds the ones it uses
+(``profile.train_config(net)``).
 
 One epoch is ``samples_per_volume`` patches from every training scan, drawn by the queue (pore-centred and
 background-centred for supervised nets, uniform for unsupervised ones; see :mod:`porelab.sampling`), with
@@ -14,7 +15,7 @@ a fixed seed, no augmentation), so epochs are comparable.
 (:mod:`porelab.train.callbacks`: warm-up, collapse rollback, plateau restart, early stopping, checkpoints),
 whose actions (stop, roll back, restart) it applies.
 
->>> net, history = fit(build("unet", scale=0.125), "unet", train, val, TrainConfig.from_profile("smoke"))
+>>> net, history = fit(build("unet", scale=0.125), "unet", train, val, get_profile("smoke").train_config("unet"))
 ... # doctest: +SKIP
 """
 

@@ -1,0 +1,372 @@
+"""The AutoML pipeline (``mlflow run . -e search``, ``porelab search``), and its parts as commands.
+
+Design note §5, the experiments of Iuso et al. (2024) as one job:
+
+1. data: a dataset manifest, or one simulated into ``porelab-data/<profile>`` beside the MLflow store;
+2. unsupervised study ``<study>-unsupervised`` (``porelab.automl.study``; value = mean post-processed
+   validation AP);
+3. the best trial's model (the fold with the best validation AP) is registered as ``porelab-unsupervised``
+   and promoted by the registry policy;
+4. pseudo-labels: ``models:/porelab-unsupervised@production`` is loaded by name and labels every cv scan
+   (``porelab.pseudolabels``, settings ``profile.labels``);
+5. supervised study ``<study>-supervised`` on the pseudo-labels (``paper``: the paper's grid); with
+   ``search.heuristic_comparison`` the best configuration is trained again on Algorithm 1 labels;
+6. the best is registered as ``porelab-supervised`` and promoted;
+7. the parent run gets the tables (``porelab.reporting``), PR/ROC plots of both production models, the
+   complexity table and the Optuna plots.
+
+Runs nest: parent → study → trial → fold. MLflow and Optuna are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from porelab.automl.study import best_per_net, clean, run_study, study_summary, table_entries, tracked_folds
+from porelab.config import Profile, get_profile
+from porelab.crossval import Context, label_source, make_context, mean_metrics, run_folds
+from porelab.errors import ConfigError
+
+UNSUPERVISED_NAME = "porelab-unsupervised"
+SUPERVISED_NAME = "porelab-supervised"
+
+
+# ------------------------------------------------------------------------------------------------ data
+def ensure_dataset(data, profile: Profile, seed: int, *, progress: bool = False) -> Path:
+    """The dataset folder: ``data`` if given (must hold a manifest), else ``<store>/porelab-data/<profile>``
+    beside the MLflow store, simulated with the profile's preset and ``seed`` unless a manifest is there."""
+    from porelab.simulate.dataset import simulate_dataset
+
+    if data:
+        path = Path(data).expanduser().resolve()
+        if not (path / "manifest.json").is_file() and not (path.is_file() and path.suffix == ".json"):
+            raise ConfigError(f"data {data!r}: no manifest.json there (create one with `porelab simulate`)")
+        return path
+    from porelab.tracking import store_dir
+
+    path = store_dir() / "porelab-data" / profile.name
+    if not (path / "manifest.json").is_file():
+        simulate_dataset(path, preset=profile.sim_preset, seed=seed, progress=progress)
+    return path
+
+
+def pipeline_context(profile, data, seed: int, *, workdir=None, progress: bool = False) -> Context:
+    """:func:`porelab.crossval.make_context` over :func:`ensure_dataset`'s folder."""
+    prof = get_profile(profile)
+    root = ensure_dataset(data, prof, seed, progress=progress)
+    return make_context(prof, root, seed, workdir=workdir, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------- registry
+def register_best(study, registered_name: str, ctx, *, extra_meta: dict | None = None,
+                  policy: dict | None = None) -> dict:
+    """Register the study's best trial (its best fold's model, from the trial run's artifacts) on the
+    active run as ``registered_name``, then promote by the policy. Returns the promotion result.
+
+    One trial, one version: a trial registered before (a re-run, a resumed study, another worker on the
+    same study) reuses its version (``tracking.register_version``), and promotion is idempotent.
+    """
+    import mlflow
+
+    from porelab import tracking
+    from porelab.model import PoreModel
+
+    policy = policy if policy is not None else tracking.load_policy()
+    best = study.best_trial
+    run_id = best.user_attrs.get("mlflow_run_id") or f"optuna:{study.study_name}/{best.number}"
+    metric_key = tracking.policy_for(policy, registered_name)["metric"]
+    summary = mean_metrics(best.user_attrs.get("fold_metrics") or [])
+    value = float(summary.get(metric_key, best.value))
+    tags = {tracking.TRIAL_RUN_TAG: run_id, "porelab.net": best.user_attrs.get("net") or best.params.get("net"),
+            "porelab.study": study.study_name, "porelab.trial": best.number}
+
+    def log_model() -> str:
+        local = Path(best.user_attrs.get("model_dir", ""))
+        with tempfile.TemporaryDirectory() as tmp:
+            if not (local / "model.json").is_file():
+                local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model",
+                                                                 dst_path=tmp))
+            model = PoreModel.load(local)
+            meta = {"threshold": model.threshold, "threshold_policy": model.meta.get("threshold_policy"),
+                    "net": model.name, "net_kwargs": model.net_kwargs, "patch": model.patch,
+                    "postprocess": model.postprocess, "kind": model.kind, "profile": ctx.profile.name,
+                    "study": study.study_name, "trial": best.number, "trial_run": run_id,
+                    "params": best.params, "metrics": {k: v for k, v in summary.items() if math.isfinite(v)},
+                    "seed": ctx.seed, **(extra_meta or {})}
+            info = tracking.log_pore_model(local, name=registered_name.replace("porelab-", ""), metadata=meta)
+        return info.model_uri
+
+    version, reused = tracking.register_version(registered_name, log_model,
+                                                {k: v for k, v in tags.items() if v is not None})
+    result = tracking.promote(registered_name, version, value, policy=policy)
+    result["reused"] = reused
+    return result
+
+
+# ------------------------------------------------------------------------------------- pseudo-labels
+def model_pseudo_labels(ctx: Context, model=f"models:/{UNSUPERVISED_NAME}@production"):
+    """Pseudo-labels of every cv scan (statistics also of the hard scan) from an unsupervised model: a
+    registered name (its Production version), a ``models:/`` URI (loaded by name as a pyfunc model), or a
+    local model folder. Threshold: the model's; clean-up: ``profile.labels``. ``(labels, stats, info)``."""
+    from porelab.pseudolabels import pseudo_labels
+
+    model_uri = str(model)
+    if Path(model_uri).is_dir():                       # a local model folder (``porelab pseudolabel``)
+        from porelab.model import PoreModel
+
+        local = PoreModel.load(model_uri)
+        predict, meta = (lambda x: local.predict(x, progress=False)), {"threshold": local.threshold}
+    else:
+        import mlflow.pyfunc
+
+        if not model_uri.startswith("models:/"):       # a bare registered name: its Production version
+            from porelab.tracking import resolve_version
+
+            mv = resolve_version(model_uri)
+            model_uri = f"models:/{mv.name}/{mv.version}"
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+        predict, meta = pyfunc.predict, (pyfunc.metadata.metadata or {})
+    threshold = float(meta.get("threshold", 0.5))
+    cfg = ctx.profile.labels
+    scans = ctx.cv + ([ctx.hard] if ctx.hard is not None else [])
+    labels, stats = pseudo_labels(scans, predict, threshold=threshold, min_voxels=cfg.min_voxels,
+                                  min_extent=cfg.min_extent)
+    info = {"model_uri": model_uri, "threshold": threshold, "min_voxels": cfg.min_voxels,
+            "min_extent": cfg.min_extent, "model_version": meta.get("trial_run")}
+    return labels, stats, info
+
+
+def log_pseudo_labels(stats: dict, info: dict, out_dir: Path | None = None, labels=None) -> None:
+    """Log the label statistics (params, metrics per scan, JSON) on the active run; save the labels."""
+    import mlflow
+
+    from porelab import tracking
+
+    tracking.log_params({k: v for k, v in info.items() if v is not None})
+    for name, st in stats.items():
+        tracking.log_metrics({f"{name}_{k}": v for k, v in st.items() if k != "role"})
+    cv = [st for st in stats.values() if st["role"] == "cv"]
+    if cv:
+        tracking.log_metrics({f"mean_{k}": float(np.mean([st[k] for st in cv]))
+                              for k in ("porosity_percent", "pore_count", "dice_vs_truth", "dice_vs_alg1")})
+    mlflow.log_dict(stats, "pseudo_labels/stats.json")
+    if out_dir is not None and labels:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, m in labels.items():
+            np.save(out_dir / f"{name}_pseudo.npy", m.astype(np.uint8))
+
+
+# --------------------------------------------------------------------------------------- the pipeline
+def heuristic_comparison(ctx: Context, sup_study) -> list[dict]:
+    """Retrain the best supervised configuration on Algorithm 1 labels (nested run); fold metrics."""
+    from porelab import tracking
+
+    best = sup_study.best_trial
+    name, kwargs, loss = best.user_attrs["net"], best.user_attrs["net_kwargs"], best.user_attrs["loss"]
+    with tracking.child_run("heuristic-labels", tags={"porelab.level": "study", "porelab.labels": "alg1"}):
+        tracking.log_params({"net": name, "net_kwargs": kwargs, "loss": loss, "labels": "Algorithm 1",
+                             "from_trial": best.number})
+        folds, _ = run_folds(ctx, name, kwargs, loss, labels=label_source(ctx, "alg1"),
+                             seed=ctx.seed * 1000 + 999, tag="heuristic", hooks=tracked_folds(ctx, name))
+        tracking.log_metrics(mean_metrics(folds))
+    return folds
+
+
+def log_tables(ctx: Context, unsup_study, sup_study, heuristic_folds: list[dict] | None) -> None:
+    """The paper-like summary tables (``porelab.reporting.tables``) on the active run."""
+    import mlflow
+
+    from porelab.baselines import baseline_rows
+    from porelab.reporting.tables import build_tables
+
+    entries = [(name, "classical", "none", rows) for name, rows in baseline_rows(ctx).items()]
+    entries += table_entries(unsup_study, "unsupervised", "none (reconstruction)")
+    entries += table_entries(sup_study, "supervised", "pseudo-labels")
+    comparison = None
+    if heuristic_folds:
+        net = sup_study.best_trial.params.get("net") if sup_study is not None else "?"
+        entries.append((net, "supervised", "Algorithm 1 labels", heuristic_folds))
+        if sup_study is not None:
+            comparison = (sup_study.best_trial.user_attrs.get("fold_metrics", []), heuristic_folds)
+    tables = build_tables(entries, profile=ctx.profile.name, n_folds=len(ctx.folds), notes=ctx.notes,
+                          comparison=comparison)
+    for path, text in tables.items():
+        mlflow.log_text(text, path)
+
+
+def log_registered_curves(ctx: Context) -> None:
+    """PR/ROC plots of both production models on the hard scan and the first cv scan, on the active run."""
+    import mlflow
+
+    from porelab import tracking
+    from porelab.reporting.figures import model_curves
+
+    scans = [s for s in (ctx.hard, ctx.cv[0]) if s is not None]
+    models = {f"{name} (production)": tracking.resolve_model(name) for name in (UNSUPERVISED_NAME, SUPERVISED_NAME)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for png in model_curves(scans, models, tmp, profile=ctx.profile):
+            mlflow.log_artifact(str(png), "plots")
+
+
+def _start(storage=False):
+    """Set up MLflow, close the runs of workers killed hard on this host, open the Optuna storage."""
+    from porelab import tracking
+
+    tracking.setup_mlflow()
+    tracking.fail_orphaned_runs()
+    return tracking.optuna_storage(storage) if storage is not False else None
+
+
+def run_search(profile: str = "quick", data=None, n_trials: int | None = None, study_name: str = "porelab",
+               storage=None, seed: int = 0, *, progress: bool = False, workdir=None) -> dict:
+    """The whole AutoML pipeline (module docstring). Returns a summary dict (runs, versions, values).
+
+    ``n_trials`` is the number of trials this call runs in each study (0/None: the profile's budgets);
+    several workers with the same ``study_name`` and ``storage`` share the studies. ``storage``: Optuna
+    storage (``None``/``""``: ``optuna.db`` beside ``mlflow.db``; an RDB URL; a ``.log`` journal file).
+    """
+    import mlflow
+
+    from porelab import tracking
+    from porelab.reporting.tables import complexity_rows, csv_text
+
+    t_start = time.perf_counter()
+    prof = get_profile(profile)
+    if n_trials is not None and n_trials < 0:
+        raise ConfigError(f"n_trials must be >= 0, got {n_trials}")
+    tracking.optuna_storage_url(storage)          # bad input fails before anything is written
+    if data:
+        ensure_dataset(data, prof, seed)
+    storage_obj = _start(storage)
+    own_workdir = workdir is None
+    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="porelab-search-"))
+    summary: dict = {"profile": prof.name, "study_name": study_name}
+    try:
+        with tracking.sigterm_as_interrupt(), \
+                tracking.parent_run("search", tags={"porelab.level": "search"}) as run:
+            summary["run_id"] = run.info.run_id
+            ctx = pipeline_context(prof, data, seed, workdir=workdir, progress=progress)
+            n_unsup = n_trials or prof.search.n_trials_unsupervised
+            n_sup = n_trials or prof.search.n_trials_supervised
+            commit = tracking.git_commit()
+            mlflow.set_tags({"porelab.profile": prof.name, "porelab.git_commit": commit,
+                             "porelab.study_name": study_name})
+            # (keys differ from the MLproject parameters `mlflow run` logged: params cannot change)
+            tracking.log_params({"profile": prof.name, "seed": seed, "dataset_dir": str(ctx.dataset_root),
+                                 "study_name": study_name,
+                                 "optuna_storage": tracking.optuna_storage_url(storage),
+                                 "n_trials_unsupervised": n_unsup, "n_trials_supervised": n_sup,
+                                 "folds": len(ctx.folds), "git_commit": commit})
+            mlflow.log_dict(prof.to_dict(), "profile.json")
+            mlflow.log_artifact(str(ctx.dataset_root / "manifest.json"), "dataset")
+            hashes = tracking.file_hashes(ctx.dataset_root)
+            mlflow.log_dict(hashes, "dataset/sha256.json")
+            mlflow.set_tag("porelab.dataset_sha256",
+                           hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest())
+            for note in ctx.notes:
+                mlflow.set_tag("porelab.note.folds", note)
+
+            # 2-3. unsupervised study, registration
+            unsup = run_study(ctx, "unsupervised", study_name, storage_obj, n_unsup)
+            summary["unsupervised"] = study_summary(unsup)
+            summary["unsupervised_registry"] = register_best(unsup, UNSUPERVISED_NAME, ctx)
+
+            # 4. pseudo-labels from the production model, by name
+            with tracking.child_run("pseudo-labels", tags={"porelab.level": "labels"}):
+                labels, stats, info = model_pseudo_labels(ctx)
+                log_pseudo_labels(stats, info, workdir / "pseudo_labels", labels)
+            summary["pseudo_labels"] = stats
+
+            # 5-6. supervised study on pseudo-labels, registration, heuristic comparison
+            sup = run_study(ctx, "supervised", study_name, storage_obj, n_sup, labels=labels)
+            summary["supervised"] = study_summary(sup)
+            summary["supervised_registry"] = register_best(sup, SUPERVISED_NAME, ctx,
+                                                           extra_meta={"labels": "pseudo-labels",
+                                                                       "pseudo_labels": info})
+            heur = heuristic_comparison(ctx, sup) if prof.search.heuristic_comparison else None
+
+            # 7. tables, complexity, plots on the parent run
+            log_tables(ctx, unsup, sup, heur)
+            nets = sorted({*best_per_net(unsup), *best_per_net(sup)})
+            mlflow.log_text(csv_text(complexity_rows(ctx.profile, nets)), "tables/complexity.csv")
+            log_registered_curves(ctx)
+            seconds = time.perf_counter() - t_start
+            tracking.log_metrics({"pipeline_seconds": seconds,
+                                  "unsupervised_best_value": summary["unsupervised"]["best_value"],
+                                  "supervised_best_value": summary["supervised"]["best_value"]})
+            summary["seconds"] = seconds
+            mlflow.log_dict(clean(summary), "summary.json")
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return summary
+
+
+def run_retrain(profile: str = "quick", data=None, labels=None, n_trials: int | None = None,
+                study_name: str = "porelab", storage=None, seed: int = 0, *, progress: bool = False) -> dict:
+    """Steps 4-7 alone: pseudo-labels (or a label folder), supervised study, ``porelab-supervised``."""
+    from porelab import tracking
+
+    prof = get_profile(profile)
+    storage_obj = _start(storage)
+    with tempfile.TemporaryDirectory(prefix="porelab-retrain-") as tmp, tracking.sigterm_as_interrupt(), \
+            tracking.parent_run("retrain", tags={"porelab.level": "search"}) as run:
+        ctx = pipeline_context(prof, data, seed, workdir=tmp, progress=progress)
+        tracking.log_params({"profile": prof.name, "seed": seed, "dataset_dir": str(ctx.dataset_root),
+                             "label_source": labels or "pseudo-labels", "git_commit": tracking.git_commit()})
+        if labels:
+            lab, info = label_source(ctx, str(labels)), {"labels": str(labels)}
+        else:
+            with tracking.child_run("pseudo-labels", tags={"porelab.level": "labels"}):
+                lab, stats, info = model_pseudo_labels(ctx)
+                log_pseudo_labels(stats, info)
+        sup = run_study(ctx, "supervised", study_name, storage_obj,
+                        n_trials or prof.search.n_trials_supervised, labels=lab)
+        result = {"run_id": run.info.run_id, "supervised": study_summary(sup)}
+        meta = {"labels": "pseudo-labels", "pseudo_labels": info}
+        result["supervised_registry"] = register_best(sup, SUPERVISED_NAME, ctx, extra_meta=meta)
+        heur = heuristic_comparison(ctx, sup) if prof.search.heuristic_comparison else None
+        log_tables(ctx, None, sup, heur)
+    return result
+
+
+def run_cv(net: str, profile: str = "quick", data=None, labels: str = "truth", seed: int = 0, *,
+           net_kwargs: dict | None = None, loss_params: dict | None = None, progress: bool = False) -> dict:
+    """Cross-validate one configuration (an MLflow run with one nested run per fold); mean metrics.
+
+    ``labels`` (supervised nets): ``truth``, ``alg1`` (Algorithm 1) or a folder of label files.
+    """
+    from porelab import tracking
+    from porelab.crossval import default_net_kwargs
+    from porelab.nets import check_name, is_supervised
+
+    check_name(net)
+    prof = get_profile(profile)
+    _start()
+    kwargs = {**default_net_kwargs(prof, net), **(net_kwargs or {})}
+    with tempfile.TemporaryDirectory(prefix="porelab-cv-") as tmp, tracking.sigterm_as_interrupt(), \
+            tracking.parent_run(f"cv-{net}", tags={"porelab.level": "cv"}) as run:
+        ctx = pipeline_context(prof, data, seed, workdir=tmp, progress=progress)
+        lab = label_source(ctx, labels) if is_supervised(net) else None
+        tracking.log_params({"net": net, "net_kwargs": kwargs, "loss": loss_params or {}, "labels": labels,
+                             "profile": prof.name, "seed": seed})
+        folds, _ = run_folds(ctx, net, kwargs, loss_params or {}, labels=lab, seed=seed,
+                             main_metric="val_ap" if lab is not None else "val_ap_pp",
+                             hooks=tracked_folds(ctx, net))
+        summary = mean_metrics(folds)
+        tracking.log_metrics(summary)
+    return {"run_id": run.info.run_id, "net": net, "folds": len(folds), "notes": ctx.notes,
+            **{k: v for k, v in summary.items() if math.isfinite(v)}}
+
+
+__all__ = ["SUPERVISED_NAME", "UNSUPERVISED_NAME", "ensure_dataset", "heuristic_comparison", "log_pseudo_labels",
+           "log_registered_curves", "log_tables", "model_pseudo_labels", "pipeline_context", "register_best",
+           "run_cv", "run_retrain", "run_search"]

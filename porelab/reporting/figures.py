@@ -1,0 +1,31 @@
+"""PR/ROC figures of models on scans (``porelab.metrics.plot_pr_roc``), written as PNG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def model_curves(scans, models: dict, out_dir, *, profile=None) -> list[Path]:
+    """One ``pr_roc_<scan>.png`` per scan in ``out_dir``: every model of ``models`` (label → ``PoreModel``)
+    beside the classical rows (``porelab.baselines``), against the scan's truth inside the part."""
+    from porelab.baselines import NAMES, get_baseline
+    from porelab.metrics import plot_pr_roc
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for s in scans:
+        curves = {label: (model.predict(s.raw), s.truth, s.object) for label, model in models.items()}
+        for name in NAMES:
+            score = get_baseline(name)(s, profile)
+            curves["Algorithm 1 labels" if name.startswith("Algorithm 1") else name] = (
+                np.asarray(score, dtype=np.float32), s.truth, s.object)
+        png = out_dir / f"pr_roc_{s.name}.png"
+        plot_pr_roc(curves, png, title=f"production models on {s.name} ({s.role})")
+        paths.append(png)
+    return paths
+
+
+__all__ = ["model_curves"]
