@@ -1,0 +1,103 @@
+"""Search spaces, the paper's grid, and the registry on a resumed study (one version per trial)."""
+
+from __future__ import annotations
+
+import itertools
+
+import mlflow
+import numpy as np
+import pytest
+
+from porelab.automl.spaces import PAPER_ALPHAS, PAPER_GAMMAS, get_space, paper_grid
+from porelab.automl.study import make_study
+from porelab.config import get_profile
+from porelab.errors import ConfigError
+
+
+def test_the_paper_grid_visits_every_net_alpha_beta_gamma_once():
+    """The paper profile's supervised study: GridSampler over nets × α × β × γ (Iuso et al. 2024, §4.3),
+    walked here at smoke sizes with a stand-in objective."""
+    import optuna
+
+    prof = get_profile("smoke")
+    prof = prof.replace(search=prof.search.__class__(**{**prof.search.__dict__, "grid": True,
+                                                        "supervised_nets": ("unet", "unetpp")}))
+    grid = paper_grid(prof)
+    assert PAPER_ALPHAS == pytest.approx((0.1, 0.3666667, 0.6333333, 0.9))
+    assert PAPER_GAMMAS == pytest.approx((1 / 3, 1 / 2, 2 / 3, 1, 4 / 3, 3 / 2, 5 / 3, 2))
+    seen = []
+
+    def objective(trial):
+        net, kwargs, loss = get_space("supervised")(trial, prof)
+        assert kwargs == {"scale": prof.net_scale}
+        seen.append((net, loss["alpha"], loss["beta"], loss["gamma"]))
+        return 0.0
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = make_study("grid", None, seed=0, grid=grid)
+    assert isinstance(study.sampler, optuna.samplers.GridSampler)
+    study.optimize(objective, n_trials=2 * 4 * 4 * 8 + 5)     # the grid stops the study when it is walked
+    assert len(seen) == 256 and len(set(seen)) == 256
+    assert set(seen) == set(itertools.product(("unet", "unetpp"), PAPER_ALPHAS, PAPER_ALPHAS, PAPER_GAMMAS))
+
+
+def test_spaces_by_name_and_the_profile_options_they_use():
+    import optuna
+
+    quick = get_profile("quick")
+    name, kwargs, loss = get_space("supervised")(optuna.create_study().ask(), quick)
+    assert name == "unet" and kwargs == {"scale": 0.25, "dropout": 0.0} and set(loss) == {"alpha", "beta", "gamma"}
+    name, kwargs, loss = get_space("unsupervised")(optuna.create_study().ask(), quick)
+    assert name == "vae" and kwargs["patch_size"] == 32 and "kl_weight" in loss
+    with pytest.raises(ConfigError, match="available: unsupervised, supervised"):
+        get_space("semi")
+
+
+def test_register_best_on_a_resumed_study_keeps_one_version_per_trial(mlflow_env, tmp_path):
+    """A study registered, resumed with a better trial, registered again (twice): versions 1 and 2, one per
+    trial, the newer one in Production."""
+    import optuna
+
+    from porelab import tracking
+    from porelab.automl.pipeline import register_best
+    from porelab.model import PoreModel
+    from porelab.nets import build
+    from porelab.normalise import Normalisation
+
+    tracking.setup_mlflow()
+    raw = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
+    PoreModel.from_trained(build("vae", scale=0.125, patch_size=16), "vae", Normalisation.fit(raw), "smoke",
+                           patch=16).save(tmp_path / "m")
+    storage = mlflow_env["optuna_storage"]
+    ctx = type("Ctx", (), {"profile": get_profile("smoke"), "seed": 0})()
+
+    def add_trial(value):
+        study = optuna.create_study(study_name="s", storage=storage, direction="maximize", load_if_exists=True)
+        with mlflow.start_run() as run:
+            pass
+        trial = study.ask()
+        trial.suggest_float("kl", 1e-6, 1e-3, log=True)
+        for k, v in {"mlflow_run_id": run.info.run_id, "model_dir": str(tmp_path / "m"), "net": "vae",
+                     "fold_metrics": [{"val_ap_pp": value}]}.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, value)
+        return study, run.info.run_id
+
+    study, first_run = add_trial(0.5)
+    with mlflow.start_run():
+        first = register_best(study, "porelab-unsupervised", ctx)
+    study, second_run = add_trial(0.7)                        # the resumed study's new, better trial
+    results = []
+    for _ in range(2):
+        with mlflow.start_run():
+            results.append(register_best(optuna.load_study(study_name="s", storage=storage),
+                                         "porelab-unsupervised", ctx))
+    assert (first["version"], first["reused"]) == ("1", False)
+    assert [(r["version"], r["reused"], r["stage"]) for r in results] == [("2", False, "Production"),
+                                                                          ("2", True, "Production")]
+    client = mlflow.MlflowClient()
+    versions = [client.get_model_version("porelab-unsupervised", v) for v in ("1", "2")]
+    assert [v.tags["porelab.trial_run"] for v in versions] == [first_run, second_run]
+    assert [v.current_stage for v in versions] == ["Archived", "Production"]
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version("porelab-unsupervised", "3")
