@@ -292,9 +292,9 @@ def table(names=None, patch: int = 64, scale: float = 1.0, *, progress: bool = F
         nets.check_name(n)
     it = names
     if progress:
-        from tqdm import tqdm
+        from porelab.runtime import progress as progress_bar
 
-        it = tqdm(names, desc="complexity", unit="net")
+        it = progress_bar(names, desc="complexity", unit="net", leave=True)
     return [measure(n, patch=patch, scale=scale, device=device) for n in it]
 
 

@@ -285,11 +285,9 @@ def _paint(mask: np.ndarray, comps: _Components, keep: np.ndarray, out: np.ndarr
 
 
 def _progress(items, progress: bool, desc: str):
-    if not progress:
-        return items
-    from tqdm import tqdm
+    from porelab.runtime import progress as bar
 
-    return tqdm(items, desc=desc, unit="slab", leave=False)
+    return bar(items, enabled=progress, desc=desc, unit="slab")
 
 
 def _keep_by_size(comps: _Components, *, min_voxels: int, min_extent: int) -> np.ndarray:

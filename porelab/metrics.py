@@ -477,11 +477,9 @@ def _decimate(n: int, max_points: int) -> np.ndarray:
 
 
 def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    from tqdm import tqdm
+    from porelab.runtime import progress
 
-    return tqdm(items, desc=desc, unit="slab", leave=False)
+    return progress(items, enabled=enabled, desc=desc, unit="slab")
 
 
 def _count(mask, shape) -> int:

@@ -61,6 +61,20 @@ def configure_threads() -> int:
     return n
 
 
+def progress(iterable=None, *, enabled: bool = True, desc: str = "", unit: str = "it", total: int | None = None,
+             leave: bool = False, **kwargs):
+    """The one progress bar of porelab (tqdm, on stderr).
+
+    Over ``iterable``; or, without one, a manual bar (``total``, ``bar.update(n)``, ``bar.close()``). With
+    ``enabled=False`` no bar is made: ``iterable`` itself is returned (``None`` without one).
+    """
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, unit=unit, total=total, leave=leave, **kwargs)
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed Python, numpy and torch (TorchIO draws from torch) and return a numpy Generator for local use."""
     import torch

@@ -184,11 +184,9 @@ def predict_volume(fn: Callable, volume: np.ndarray, *, patch: int | Sequence[in
         inp = inp.pin_memory()
     inp_np = inp.numpy()                 # the same memory: patches are copied in with numpy
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from porelab.runtime import progress as progress_bar
 
-        bar = tqdm(total=n_total, desc=desc, unit="patch", leave=False)
+    bar = progress_bar(enabled=progress, total=n_total, desc=desc, unit="patch")
 
     def flush(z_from: int, z_to: int, z0: int) -> None:
         """Write finished rows [z_from, z_to) (absolute z) from the accumulator starting at z0."""

@@ -66,9 +66,9 @@ def scan_stats(array: np.ndarray, *, progress: bool = False) -> dict:
     is_float = np.issubdtype(array.dtype, np.floating)
     slabs = list(iter_slabs(array.shape))
     if progress:
-        from tqdm import tqdm
+        from porelab.runtime import progress as progress_bar
 
-        slabs = tqdm(slabs, desc="stats", unit="slab", leave=False)
+        slabs = progress_bar(slabs, desc="stats", unit="slab")
     for sl in slabs:
         block = np.asarray(array[sl])
         if block.dtype == bool:

@@ -43,10 +43,10 @@ import numpy as np
 from scipy import ndimage
 
 from porelab.io import iter_slabs
+from porelab.labels import SIX_CONNECTED
 from porelab.pores.kinds import RULE, classify
 from porelab.pores.shape import SMOOTH_SIGMA, principal_axes, sphericity, tilt_from_z_deg
 
-SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
 EDT_MAX_VOXELS = 1 << 23  # the exact EDT costs ~50 B/voxel (scipy's feature transform + float64 output)
 
 COLUMNS = ["id", "kind", "voxels", "volume_mm3", "eq_diameter_mm", "sphericity", "surface_area_mm2",
@@ -292,10 +292,10 @@ def pore_table(mask, *, spacing=(1.0, 1.0, 1.0), object_mask=None, score=None, p
     objs = ndimage.find_objects(lab)
     sph, area = np.empty(n), np.empty(n)
     it = range(n)
-    if progress and n > 1000:
-        from tqdm import tqdm
+    if n > 1000:
+        from porelab.runtime import progress as progress_bar
 
-        it = tqdm(it, desc="pore shapes", unit="pore", leave=False)
+        it = progress_bar(it, enabled=progress, desc="pore shapes", unit="pore")
     for i in it:
         sph[i], area[i] = sphericity(lab[objs[i]] == i + 1, (sz, sy, sx))
 

@@ -306,8 +306,6 @@ def _disc(n: int) -> np.ndarray:
 
 
 def _progress(it, enabled, desc):
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
+    from porelab.runtime import progress
 
-    return tqdm(it, desc=desc, unit="slice", leave=False)
+    return progress(it, enabled=enabled, desc=desc, unit="slice")

@@ -198,11 +198,10 @@ def _simulate_into(out: Path, pr: Preset, seed: int, porosity: float, progress: 
 
     entries = []
     seeds = np.random.SeedSequence(int(seed)).spawn(2 * len(SAMPLES))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from porelab.runtime import progress as progress_bar
 
-        bar = tqdm(total=len(SAMPLES), desc=f"simulate ({pr.name})", unit="scan")
+    bar = progress_bar(enabled=progress, total=len(SAMPLES), desc=f"simulate ({pr.name})", unit="scan",
+                       leave=True)
     for i, plan in enumerate(sample_plan(pr)):
         name, q = plan["name"], plan["quality"]
         ph = make_phantom(plan["dims"], part=plan["shape"], material=plan["material"], porosity=porosity,

@@ -196,12 +196,10 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                 n += len(x)
         return total / max(n, 1)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from porelab.runtime import progress as progress_bar
 
-        bar = tqdm(total=config.max_epochs, initial=min(state.start_epoch, config.max_epochs),
-                   desc=f"train {name}", unit="epoch", leave=False)
+    bar = progress_bar(enabled=progress, total=config.max_epochs, initial=min(state.start_epoch, config.max_epochs),
+                       desc=f"train {name}", unit="epoch")
     try:
         for epoch in range(state.start_epoch, config.max_epochs):
             state.epoch = epoch
