@@ -73,8 +73,7 @@ def _non_negative(tensor):
 def augmentation(config: AugmentConfig | dict | None = None):
     """TorchIO transform for training scans, or None when disabled.
 
-    ``config`` is an ``AugmentConfig``, a dict of its fields, or a ``porelab.config.Profile`` (whose
-    ``extra["augment"]`` dict, if any, overrides the defaults).
+    ``config`` is an ``AugmentConfig`` or a dict of its fields (a training config's ``augment``).
     """
     import torchio as tio
 
@@ -82,8 +81,8 @@ def augmentation(config: AugmentConfig | dict | None = None):
         config = AugmentConfig()
     elif isinstance(config, dict):
         config = AugmentConfig.from_dict(config)
-    elif not isinstance(config, AugmentConfig):  # a Profile
-        config = AugmentConfig.from_dict(getattr(config, "extra", {}).get("augment"))
+    elif not isinstance(config, AugmentConfig):
+        raise ConfigError(f"augmentation: expected an AugmentConfig or a dict, got {type(config).__name__}")
     if not config.enabled:
         return None
     intensity = {
