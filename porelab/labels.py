@@ -87,23 +87,12 @@ def otsu_threshold(scan: np.ndarray, *, mask: np.ndarray | None = None, nbins: i
 
     Memory: one slab (4 M voxels) at a time, never a sorted or float64 copy of the scan.
     """
-    from skimage.filters import threshold_otsu
-
     slabs = list(iter_slabs(scan.shape, _SLAB_VOXELS))
-    integer = np.issubdtype(scan.dtype, np.integer) or scan.dtype == bool
+    integer = otsu_is_integer(scan.dtype)
 
     def blocks():
         for sl in slabs:
-            b = np.asarray(scan[sl])
-            if b.dtype == bool:
-                b = b.view(np.uint8)
-            if mask is not None:
-                b = b[np.asarray(mask[sl], dtype=bool)]
-            if not integer:
-                fin = np.isfinite(b)
-                if not fin.all():
-                    b = b[fin]
-            yield b
+            yield otsu_values(scan[sl], None if mask is None else mask[sl], integer)
 
     lo, hi = np.inf, -np.inf
     for b in blocks():
@@ -113,17 +102,60 @@ def otsu_threshold(scan: np.ndarray, *, mask: np.ndarray | None = None, nbins: i
         raise ScanError("Otsu threshold: no finite voxel to threshold (empty mask or all NaN)")
     if lo == hi:
         return lo
-    if integer and hi - lo < 2**20:
+    counts = None
+    for b in blocks():
+        c = otsu_counts(b, lo, hi, integer, nbins)
+        counts = c if counts is None else counts + c
+    return otsu_from_counts(counts, lo, hi, integer, nbins)
+
+
+# The pieces of :func:`otsu_threshold`, shared with the chunked (Dask) path in ``porelab.distributed``: the
+# same values, the same bins and the same counts give the same threshold however the scan is cut.
+
+def otsu_is_integer(dtype) -> bool:
+    """True when Otsu bins one grey value per bin (integer and boolean scans)."""
+    return bool(np.issubdtype(dtype, np.integer) or dtype == bool)
+
+
+def otsu_values(block, mask_block, integer: bool) -> np.ndarray:
+    """The voxels of ``block`` that take part in Otsu: inside ``mask_block`` (if given) and finite."""
+    b = np.asarray(block)
+    if b.dtype == bool:
+        b = b.view(np.uint8)
+    if mask_block is not None:
+        b = b[np.asarray(mask_block, dtype=bool)]
+    if not integer:
+        fin = np.isfinite(b)
+        if not fin.all():
+            b = b[fin]
+    return b
+
+
+def _otsu_integer_bins(lo: float, hi: float, integer: bool) -> bool:
+    return integer and hi - lo < 2**20
+
+
+def otsu_counts(values: np.ndarray, lo: float, hi: float, integer: bool, nbins: int = 256) -> np.ndarray:
+    """Histogram counts (int64) of ``values`` (from :func:`otsu_values`) over the scan's range [lo, hi]."""
+    if _otsu_integer_bins(lo, hi, integer):
         counts = np.zeros(int(hi - lo) + 1, dtype=np.int64)
-        for b in blocks():
-            if b.size:
-                counts += np.bincount((b.astype(np.int64, copy=False) - int(lo)).ravel(), minlength=counts.size)
+        if values.size:
+            counts += np.bincount((values.astype(np.int64, copy=False) - int(lo)).ravel(), minlength=counts.size)
+        return counts
+    if not values.size:
+        return np.zeros(nbins, dtype=np.int64)
+    return np.histogram(values, bins=nbins, range=(lo, hi))[0].astype(np.int64)
+
+
+def otsu_from_counts(counts: np.ndarray, lo: float, hi: float, integer: bool, nbins: int = 256) -> float:
+    """``skimage.filters.threshold_otsu`` on the merged counts, with the bin centres scikit-image uses."""
+    from skimage.filters import threshold_otsu
+
+    if lo == hi:
+        return float(lo)
+    if _otsu_integer_bins(lo, hi, integer):
         centres = np.arange(int(lo), int(hi) + 1, dtype=np.float64)
     else:
-        counts = np.zeros(nbins, dtype=np.int64)
-        for b in blocks():
-            if b.size:
-                counts += np.histogram(b, bins=nbins, range=(lo, hi))[0]
         edges = np.histogram_bin_edges(np.array([lo, hi]), bins=nbins, range=(lo, hi))
         centres = (edges[:-1] + edges[1:]) / 2
     return float(threshold_otsu(hist=(counts, centres)))

@@ -126,20 +126,33 @@ def test_raw_big_endian_sidecar(tmp_path):
     assert vol.spacing == (1.0, 2.0, 3.0)
 
 
-def test_zarr_without_package_is_a_clear_error(tmp_path, rng):
-    try:
-        import zarr  # noqa: F401
-    except ImportError:
-        with pytest.raises(ScanError, match="zarr"):
-            write_volume(tmp_path / "a.zarr", _scan(rng))
-        (tmp_path / "b.zarr").mkdir()
-        with pytest.raises(ScanError, match="zarr"):
-            read_volume(tmp_path / "b.zarr")
-    else:
-        a = _scan(rng)
-        vol = read_volume(write_volume(tmp_path / "a.zarr", a, spacing=SPACING))
-        np.testing.assert_array_equal(vol.array, a)
-        np.testing.assert_allclose(vol.spacing, SPACING)
+def test_zarr_without_package_is_a_clear_error(tmp_path, rng, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "zarr", None)      # as if the package were not installed
+    with pytest.raises(ScanError, match=r"zarr.*porelab\[cluster\]"):
+        write_volume(tmp_path / "a.zarr", _scan(rng))
+    (tmp_path / "b.zarr").mkdir()
+    with pytest.raises(ScanError, match="zarr"):
+        read_volume(tmp_path / "b.zarr")
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_zarr_round_trip_is_lazy_and_keeps_spacing(tmp_path, rng):
+    zarr = pytest.importorskip("zarr", reason="zarr is not installed (pip install 'porelab[cluster]')")
+    a = _scan(rng)
+    path = write_volume(tmp_path / "a.zarr", a, spacing=SPACING)
+    vol = read_volume(path)
+    assert isinstance(vol.array, zarr.Array)               # read chunk by chunk, not loaded
+    np.testing.assert_array_equal(np.asarray(vol.array[1:3]), a[1:3])
+    np.testing.assert_array_equal(read_volume(path, mmap=False).array, a)
+    np.testing.assert_allclose(vol.spacing, SPACING)
+    # a group written by other tools: its 'data' array is read
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("other", shape=(2, 2, 2), dtype="uint8")
+    data = group.create_array("data", shape=a.shape, dtype=a.dtype)
+    data[...] = a
+    np.testing.assert_array_equal(np.asarray(read_volume(tmp_path / "g.zarr").array), a)
 
 
 def _bad_inputs(tmp_path, rng):

@@ -46,7 +46,7 @@ CASES = [(fmt, suf) for fmt in FORMATS for suf in (fmt.suffixes or ("",))]
 @pytest.mark.parametrize(("fmt", "suf"), CASES, ids=[f"{f.name}{s}" for f, s in CASES])
 def test_every_table_entry_round_trips_with_spacing(tmp_path, fmt, suf):
     if fmt.name == "zarr":
-        pytest.importorskip("zarr")
+        pytest.importorskip("zarr", reason="zarr is not installed (pip install 'porelab[cluster]')")
     rng = np.random.default_rng(7)
     array = rng.integers(0, 4000, size=(4, 6, 5)).astype(np.uint16)
     path = tmp_path / f"scan{suf}"

@@ -1,4 +1,10 @@
-"""Zarr arrays and groups (``.zarr``), with the optional ``zarr`` package; spacing in ``attrs["spacing"]``."""
+"""Zarr arrays and groups (``.zarr``, zarr ≥ 3, which also reads zarr v2 stores); spacing in
+``attrs["spacing"]`` (mm, z y x). Needs the optional ``zarr`` package (``pip install 'porelab[cluster]'``).
+
+Reading with ``mmap`` (the default of ``read_volume``) returns the zarr array itself: every slice reads
+only the chunks it touches, like a memory map, so a 10⁹-voxel store is never loaded whole. Writing goes
+slab by slab into a temporary folder that is renamed into place when complete.
+"""
 
 from __future__ import annotations
 
@@ -19,22 +25,22 @@ def _zarr(path: Path, verb: str):
         import zarr
     except ImportError:
         raise ScanError(f"{path}: {verb} .zarr needs the optional 'zarr' package "
-                        "(pip install 'porelab[zarr]')") from None
+                        "(install porelab[cluster]: pip install 'porelab[cluster]')") from None
     return zarr
 
 
 def read_zarr(path: Path, mmap: bool = False):
-    """A zarr array, or a group's ``data`` (else first) array, loaded into memory."""
+    """A zarr array, or a group's ``data`` (else first) array: lazy when ``mmap``, else loaded."""
     zarr = _zarr(path, "reading")
     try:
         node = zarr.open(str(path), mode="r")
         if not hasattr(node, "shape"):  # a group: take 'data' or its first array
-            names = list(node.array_keys())
+            names = sorted(node.array_keys())
             if not names:
                 raise ScanError(f"{path}: zarr group holds no arrays")
             node = node["data" if "data" in names else names[0]]
-        array = node[...]
         spacing = node.attrs.get("spacing")
+        array = node if mmap and node.ndim == 3 else node[...]
     except ScanError:
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes readers raise anything
@@ -46,8 +52,8 @@ def write_zarr(path: Path, array: np.ndarray, spacing: Spacing) -> None:
     """A zarr array written slab by slab into a temporary folder, then swapped in."""
     zarr = _zarr(path, "writing")
     with atomic_path(path, is_dir=True) as tmp:
-        z = zarr.open(str(tmp), mode="w", shape=array.shape, dtype=array.dtype,
-                      chunks=tuple(min(_CHUNK, s) for s in array.shape))
+        z = zarr.create_array(str(tmp), shape=array.shape, dtype=array.dtype, overwrite=True,
+                              chunks=tuple(min(_CHUNK, s) for s in array.shape),
+                              attributes={"spacing": [float(s) for s in spacing]})
         for sl in iter_slabs(array.shape):
             z[sl] = np.asarray(array[sl])
-        z.attrs["spacing"] = list(spacing)
