@@ -38,14 +38,17 @@ def natural_key(name: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def as_spacing(spacing, where) -> Spacing:
-    """``spacing`` as three positive finite floats (z, y, x) in mm, else ScanError naming ``where``."""
+def as_spacing(spacing, where, *, error: type[Exception] = ScanError) -> Spacing:
+    """``spacing`` as three positive finite floats (z, y, x) in mm, else ``error`` (one line naming ``where``).
+
+    Scan files raise ``ScanError`` (the file is at fault); options such as ``--spacing`` pass ``ConfigError``.
+    """
     try:
         values = tuple(float(s) for s in spacing)
     except (TypeError, ValueError):
-        raise ScanError(f"{where}: spacing {spacing!r} is not three numbers (z, y, x) in mm") from None
+        raise error(f"{where}: spacing {spacing!r} is not three numbers (z, y, x) in mm") from None
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ScanError(f"{where}: spacing {spacing!r} must be three positive numbers (z, y, x) in mm")
+        raise error(f"{where}: spacing {list(values)} must be three finite numbers > 0 (z, y, x) in mm")
     return values
 
 

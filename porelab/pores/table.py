@@ -119,14 +119,9 @@ def check_binary_file(path, *, role: str = "mask") -> None:
 def _check_spacing(spacing) -> tuple[float, float, float]:
     """Three finite voxel sizes > 0 (mm, z y x), else a one-line ``ConfigError``."""
     from porelab.errors import ConfigError
+    from porelab.io._base import as_spacing
 
-    try:
-        values = tuple(float(v) for v in spacing)
-    except (TypeError, ValueError):
-        raise ConfigError(f"spacing {spacing!r} is not three numbers (z, y, x) in mm") from None
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ConfigError(f"spacing {list(values)} must be three finite numbers > 0 (z, y, x) in mm")
-    return values
+    return as_spacing(spacing, "pore table", error=ConfigError)
 
 
 def _object_from_scan(scan, progress: bool = False):
