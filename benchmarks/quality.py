@@ -6,10 +6,10 @@ through ``mlflow.pyfunc.load_model`` and prints JSON: voxel-wise AP and ROC-AUC 
 the part (the dataset's object mask), per scan and model, plus the mean over the held-out cylinders and
 the two classical baselines (Algorithm 1 labels as a score, black top-hat).
 
-Targets (issue 5, ``quick`` profile): AP ≥ 0.8 on the cylinders, ≥ 0.65 on the hard cube.
+Targets (``quick`` profile): AP ≥ 0.8 on the cylinders, ≥ 0.65 on the hard cube.
 
     cd /tmp/quickrun                       # the folder holding mlflow.db
-    python /work/main/benchmarks/quality.py --preset quick --seed 12345
+    python <checkout>/benchmarks/quality.py --preset quick --seed 12345
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ Voxel metrics (pore class only, never averaged with the background):
 
 * **AP** — scikit-learn's step-wise average precision, ``AP = Σ_n (R_n − R_{n−1}) P_n`` over the thresholds
   in decreasing order, with no interpolation (``sklearn.metrics.average_precision_score``). This is *not*
-  the trapezoid area under the PR curve that the paper's public code computes (``paper-code-facts.md``
-  §8); the step-wise form does not reward linear interpolation between operating points.
+  the trapezoid area under the PR curve that the paper's public code computes; the step-wise form does not reward linear interpolation between operating points.
 * **ROC-AUC** — trapezoid area under (FPR, TPR), ties counted as one threshold (``roc_auc_score``).
 * **Dice/F1** at a threshold (a voxel is predicted a pore when ``score ≥ threshold``) and the F1-optimal
   threshold over all thresholds of the PR curve.

@@ -1,7 +1,7 @@
 """Per-scan intensity normalisation: air → 0, material → 0.8, float32.
 
 The paper's networks end in a sigmoid and were trained on scans implicitly in [0, 1] (no normalisation in the
-loader of the public code; see ``reference/paper-code-facts.md`` §9). Scans of different alloys, energies and
+loader of the paper's public code). Scans of different alloys, energies and
 reconstructions have arbitrary grey values, so porelab maps two robust reference levels of every scan onto
 fixed values before any net sees it: the air level onto 0 and the material level onto 0.8, which leaves
 head-room below 1 for bright noise and artefacts.

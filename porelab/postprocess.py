@@ -21,7 +21,7 @@ The subsample (``n_sample = 2·10⁶`` voxels by default, drawn with a fixed see
 cheap on 10⁸-10⁹ voxel scans; ``benchmarks/postprocess.py`` reports λ from 2·10⁵, 2·10⁶ and all voxels
 on the same volume, and ``tests/test_postprocess.py`` checks that the subsample moves λ by < 1 %.
 
-The public code of the paper does not contain this function (see ``paper-code-facts.md`` §6); its YAMLs
+The public code of the paper does not contain this function; its configuration files
 carry fixed ``pars: [2.43, 5.98]``, presumably λ and σ. porelab always optimises on the fly, as the
 paper's text says, and returns the values it found so that they can be logged.
 """

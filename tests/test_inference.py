@@ -32,7 +32,7 @@ from porelab.inference import (
 from porelab.nets import build
 
 CPU = torch.device("cpu")
-TOL = 1e-5       # the brief's bound is 1e-4 on the reassembled score; the forward itself is checked tighter
+TOL = 1e-5       # the reassembled score must agree within 1e-4; the forward itself is checked tighter
 
 
 def _eager_and_fast(name, **kw):

@@ -250,7 +250,7 @@ def test_no_validation_monitors_training_loss():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# "Done means": small nets trained on simulated scans reach an AP far above the pore fraction
+# Learning works: small nets trained on simulated scans reach an AP far above the pore fraction
 # ------------------------------------------------------------------------------------------------------------
 def _train_and_score(dataset, name: str, *, epochs: int, spv: int, lr: float, residual: str = "abs"):
     from porelab.metrics import evaluate_scores
