@@ -45,7 +45,7 @@ def test_entry_points_declared_and_typed(project):
         ep = project.get_entry_point(name)
         command = _command(name)
         for key, param in ep.parameters.items():
-            m = re.search(r"(--?[a-z][\w-]*)\s+\{%s\}" % key, ep.command)
+            m = re.search(r"(--?[a-z][\w-]*)\s+\{" + re.escape(key) + r"\}", ep.command)
             if m is None:                                   # a positional argument
                 continue
             option = next(o for o in command.params if m.group(1) in o.opts)
