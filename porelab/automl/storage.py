@@ -1,7 +1,8 @@
 """Optuna storage: the URL next to the MLflow store, the storage object, trials of dead workers.
 
 ``""`` means ``sqlite:///<dir of mlflow.db>/optuna.db``; any RDB URL (``postgresql://…``) or a journal file
-path ending in ``.log`` is accepted. MLflow and Optuna never share one database file (both keep an
+path ending in ``.log`` is accepted. A PostgreSQL URL without a driver (``postgresql://``, ``postgres://``)
+gets the installed one: psycopg 3 (the ``cluster`` extra), else psycopg2. MLflow and Optuna never share one database file (both keep an
 ``alembic_version`` table). RDB storages get a heartbeat, so a trial of a worker killed on another machine
 is marked FAIL after the grace period; a trial of a dead process of this host is found at once
 (:func:`fail_orphaned_trials`).
@@ -41,16 +42,53 @@ def optuna_storage_url(spec: str | None = None) -> str:
             raise ConfigError(f"storage {spec!r}: give a database URL (sqlite:///…, postgresql://…) "
                               "or a journal file path ending in .log")
         return str(beside_store(spec))
+    spec = _with_postgres_driver(spec)
     if spec.startswith("sqlite:///") and not spec.startswith("sqlite:////"):
         rest, sep, query = spec[len("sqlite:///"):].partition("?")
         if rest and rest != ":memory:":
             spec = f"sqlite:///{beside_store(rest)}{sep}{query}"
     _check_database_url(spec)
-    mine, theirs = sqlite_file(spec), sqlite_file(tracking_uri())
-    if spec == tracking_uri() or (mine is not None and theirs is not None and mine == theirs):
-        raise ConfigError(f"storage {spec!r} is MLflow's database; Optuna needs its own file "
+    if _same_database(spec, tracking_uri()):
+        raise ConfigError(f"storage {_hide_password(spec)!r} is MLflow's database; Optuna needs its own "
                           "(both keep an alembic_version table)")
     return spec
+
+
+def _same_database(a: str, b: str) -> bool:
+    """True when two URLs name one database: the same SQLite file, or the same server and database
+    whatever driver each names (``postgresql://h/db`` and ``postgresql+psycopg://h/db``)."""
+    if a == b:
+        return True
+    fa, fb = sqlite_file(a), sqlite_file(b)
+    if fa is not None or fb is not None:
+        return fa == fb
+    from sqlalchemy.engine import make_url
+
+    try:
+        ua, ub = make_url(a), make_url(b)
+    except Exception:                   # noqa: BLE001 - an http:// tracking URI is no database URL
+        return False
+    return (ua.get_backend_name(), ua.host, ua.port, ua.database) == \
+        (ub.get_backend_name(), ub.host, ub.port, ub.database)
+
+
+def _with_postgres_driver(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` → ``postgresql+psycopg://`` (psycopg 3 installed) or
+    ``postgresql+psycopg2://`` (only psycopg2 installed); any other URL unchanged.
+
+    SQLAlchemy's default PostgreSQL driver depends on its version (psycopg2 up to 2.0, psycopg 3 from
+    2.1), and it rejects the ``postgres://`` scheme that many hosting services print; naming the driver
+    that is installed makes the URL a user types work with either.
+    """
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://{rest}"
+    return f"postgresql://{rest}"      # no driver: _check_database_url names the missing module
 
 
 def _check_database_url(url: str) -> None:
@@ -63,13 +101,15 @@ def _check_database_url(url: str) -> None:
         dialect = make_url(url).get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise ConfigError(f"storage {shown!r}: not a database URL SQLAlchemy knows ({first_line(exc)}); "
-                          "give sqlite:///…, postgresql+psycopg2://…, mysql+pymysql://… or a journal "
-                          "file path ending in .log") from None
+                          "give sqlite:///…, postgresql://…, mysql+pymysql://… or a journal file path "
+                          "ending in .log") from None
     try:
         dialect.import_dbapi()
     except ImportError as exc:
+        hint = (" (pip install 'porelab[cluster]' brings psycopg 3: postgresql://…)"
+                if url.startswith("postgresql") else "")
         raise ConfigError(f"storage {shown!r}: its database driver is not installed "
-                          f"({first_line(exc)})") from None
+                          f"({first_line(exc)}){hint}") from None
 
 
 def optuna_storage(spec: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
