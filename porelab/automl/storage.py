@@ -2,10 +2,10 @@
 
 ``""`` means ``sqlite:///<dir of mlflow.db>/optuna.db``; any RDB URL (``postgresql://…``) or a journal file
 path ending in ``.log`` is accepted. A PostgreSQL URL without a driver (``postgresql://``, ``postgres://``)
-gets the installed one: psycopg 3 (the ``cluster`` extra), else psycopg2. MLflow and Optuna never share one database file (both keep an
-``alembic_version`` table). RDB storages get a heartbeat, so a trial of a worker killed on another machine
-is marked FAIL after the grace period; a trial of a dead process of this host is found at once
-(:func:`fail_orphaned_trials`).
+gets the installed one: psycopg 3 (the ``cluster`` extra), else psycopg2. MLflow and Optuna never share one
+database (both keep an ``alembic_version`` table). RDB storages get a heartbeat, so a trial of a worker
+killed on another machine is marked FAIL after the grace period; a trial of a dead process of this host is
+found at once (:func:`fail_orphaned_trials`).
 """
 
 from __future__ import annotations
