@@ -40,7 +40,8 @@ def test_table_lists_exactly_the_documented_formats():
     assert len(SCAN_SUFFIXES) == len(set(SCAN_SUFFIXES))  # one format per suffix
 
 
-CASES = [(fmt, suf) for fmt in FORMATS for suf in (fmt.suffixes or ("",))]
+CASES = [(fmt, suf) for fmt in FORMATS if fmt.write is not None for suf in (fmt.suffixes or ("",))]
+READ_ONLY = [(fmt, suf) for fmt in FORMATS if fmt.write is None for suf in fmt.suffixes]
 
 
 @pytest.mark.parametrize(("fmt", "suf"), CASES, ids=[f"{f.name}{s}" for f, s in CASES])
@@ -57,6 +58,16 @@ def test_every_table_entry_round_trips_with_spacing(tmp_path, fmt, suf):
     np.testing.assert_array_equal(np.asarray(vol.array), array)
     assert vol.spacing_known
     np.testing.assert_allclose(vol.spacing, SPACING, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("fmt", "suf"), READ_ONLY, ids=[f"{f.name}{s}" for f, s in READ_ONLY])
+def test_a_read_only_entry_refuses_to_write_and_says_so(tmp_path, fmt, suf):
+    with pytest.raises(ScanError, match="read only") as info:
+        write_volume(tmp_path / f"scan{suf}", np.ones((2, 3, 4), np.uint8))
+    assert "\n" not in str(info.value) and not (tmp_path / f"scan{suf}").exists()
+    assert f"{suf} (read only)" in str(pytest.raises(ScanError, format_for, tmp_path / "x.xyz", write=True).value)
+    rows = [r for r in DOC.read_text().splitlines() if r.startswith("|") and f"`{suf}`" in r.split("|")[1]]
+    assert rows and "read only" in rows[0]  # docs/formats.md says so in the format's row
 
 
 @pytest.mark.parametrize("write", [False, True])

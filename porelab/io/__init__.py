@@ -17,6 +17,9 @@ folder of ``*.tif``       2-D TIFF slices in natural order (``s2.tif`` before ``
 ``.vgi``                  Volume Graphics header: ``size`` (x y z), ``datatype`` + ``bitsperelement``,
                           ``resolution`` (x y z), ``unit``, ``name`` (the data file)
 ``.zarr``                 only when the optional ``zarr`` package is installed
+``.dcm`` / DICOM folder   read only (SimpleITK/GDCM): a multi-frame file, or a folder holding one series
+                          (files found by the ``DICM`` magic, sorted by position along the slice normal,
+                          rescaled); spacing from PixelSpacing and the slice positions
 ========================  ==========================================================================
 
 Every reader raises :class:`porelab.errors.ScanError` with one line naming the file and the problem, and

@@ -17,6 +17,7 @@ import numpy as np
 
 from porelab.errors import ScanError
 from porelab.io._base import Spacing, as_spacing, check_file, suffix
+from porelab.io.dicom import is_dicom, is_dicom_folder, read_dicom
 from porelab.io.itk import read_itk, write_itk
 from porelab.io.npy import read_npy, write_npy
 from porelab.io.raw import read_raw, read_vgi, write_raw, write_vgi
@@ -31,15 +32,17 @@ Writer = Callable[[Path, np.ndarray, Spacing], None]
 @dataclass(frozen=True)
 class Format:
     """A scan format: the suffixes that select it (none for the folder of slices), whether it is stored
-    as a folder, its reader and its writer."""
+    as a folder, its reader and its writer (None: read only)."""
 
     name: str
     suffixes: tuple[str, ...]
     read: Reader
-    write: Writer
+    write: Writer | None
     folder: bool = False
 
 
+# DICOM: a multi-frame .dcm, a folder holding one series, or any file with the DICM magic; read only.
+DICOM = Format("dicom", (".dcm",), read_dicom, None)
 TIFF_FOLDER = Format("tiff-folder", (), read_tiff_folder, write_tiff_folder, folder=True)
 FORMATS: tuple[Format, ...] = (
     Format("tiff", (".tif", ".tiff"), read_tiff, write_tiff),
@@ -50,18 +53,26 @@ FORMATS: tuple[Format, ...] = (
     Format("raw", (".raw", ".vol"), read_raw, write_raw),
     Format("vgi", (".vgi",), read_vgi, write_vgi),
     Format("zarr", (".zarr",), read_zarr, write_zarr, folder=True),
+    DICOM,
     TIFF_FOLDER,
 )
 SCAN_SUFFIXES: tuple[str, ...] = tuple(s for f in FORMATS for s in f.suffixes)
 _BY_SUFFIX = {s: f for f in FORMATS for s in f.suffixes}
 
 
+def _known(write: bool) -> str:
+    """The suffixes for an error message; read-only ones are marked when writing."""
+    return ", ".join(s + (" (read only)" if write and _BY_SUFFIX[s].write is None else "") for s in SCAN_SUFFIXES)
+
+
 def format_for(path, *, write: bool = False) -> Format:
     """The format that reads (or, with ``write=True``, writes) ``path``.
 
-    Reading: a folder is a folder format with its suffix (``.zarr``) or else a folder of TIFF slices; a
-    file goes by its suffix. Writing: a path without a suffix that is not an existing file becomes a folder
-    of TIFF slices. An unknown suffix raises ScanError listing the supported ones.
+    Reading: a folder is a folder format with its suffix (``.zarr``), else a DICOM series when it holds
+    DICOM files and no TIFF slices, else a folder of TIFF slices; a file goes by its suffix, or is DICOM
+    when it has no known suffix but the ``DICM`` magic. Writing: a path without a suffix that is not an
+    existing file becomes a folder of TIFF slices. An unknown suffix, or a read-only one when writing,
+    raises ScanError listing the supported ones.
     """
     path = Path(path)
     suf = suffix(path)
@@ -71,13 +82,20 @@ def format_for(path, *, write: bool = False) -> Format:
             return TIFF_FOLDER
         if fmt is None:
             raise ScanError(f"{path}: unknown output format {suf or '(no extension)'}; "
-                            f"known: {', '.join(SCAN_SUFFIXES)} or a folder (no extension)")
+                            f"known: {_known(True)} or a folder (no extension)")
+        if fmt.write is None:
+            raise ScanError(f"{path}: {fmt.name} ({suf}) is read only; write one of "
+                            f"{', '.join(s for s in SCAN_SUFFIXES if _BY_SUFFIX[s].write)} or a folder (no extension)")
         return fmt
     if path.is_dir():
-        return fmt if fmt is not None and fmt.folder else TIFF_FOLDER
+        if fmt is not None and fmt.folder:
+            return fmt
+        return DICOM if is_dicom_folder(path) else TIFF_FOLDER
+    if fmt is None and path.is_file() and is_dicom(path):
+        return DICOM
     if fmt is None:
         raise ScanError(f"{path}: unknown scan format {suf or '(no extension)'}; "
-                        f"known: {', '.join(SCAN_SUFFIXES)} or a folder of TIFF slices")
+                        f"known: {_known(False)} or a folder of TIFF slices or DICOM files")
     return fmt
 
 
