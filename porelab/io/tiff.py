@@ -142,7 +142,7 @@ def read_tiff_folder(path: Path, mmap: bool = False):
     files = sorted((p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff") and p.is_file()
                     and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
     if not files:
-        raise ScanError(f"{path}: folder holds no .tif/.tiff slices")
+        raise ScanError(f"{path}: folder holds no .tif/.tiff slices and no DICOM files")
     shape = dtype = spacing = None
     for f in files:
         try:
