@@ -13,8 +13,11 @@ The chain (:func:`scan_phantom`), for an attenuation map ``mu`` in 1/mm with iso
    detector pixel and projection; ``g`` a per-detector-pixel gain error ``1 + ring·ε`` (ε ~ N(0, 1)) that the
    flat-field (which assumes ``g = 1``) does not remove, producing ring artefacts;
 5. log: ``p̂ = -log(max(N, 0.5) / I0)`` (zero counts are clipped: photon starvation → streaks);
+   optionally electronic noise and a floor of one count (``readout``) and scatter (``scatter``), see
+   :func:`acquire`;
 6. FBP: ``iradon`` with a ramp·Hann filter (``filter``), divided by the voxel size → attenuation in 1/mm
-   (air ≈ 0, metal ≈ mu; not normalised).
+   (air ≈ 0, metal ≈ mu; not normalised). With ``cone=True`` steps 1 and 6 are the circular-orbit
+   cone-beam projector and FDK of :mod:`porelab.simulate.cone` instead.
 
 :func:`degrade` re-projects an existing reconstruction and reconstructs it with a fraction of the
 projections and of the exposure (Iuso et al. 2024, section 4.8).
@@ -78,12 +81,35 @@ def gain_map(shape: tuple[int, int], ring: float, rng: np.random.Generator) -> n
     return (1.0 + ring * (0.8 * col[None, :] + 0.6 * pix)).clip(0.5, 1.5)
 
 
-def acquire(p: np.ndarray, *, exposure: float, hardening: float = 0.0, blur: float = 0.0, ring: float = 0.0,
-            rng: np.random.Generator) -> np.ndarray:
-    """Turn ideal line integrals ``p`` (z, n_det, n_angles) into measured, log-converted line integrals.
+def scatter_offset(t: np.ndarray, fraction: float, sigma: float) -> np.ndarray:
+    """Scattered photons reaching the detector, relative to the open-beam primary: ``κ · G_σ * t``.
 
-    Applies beam hardening ``p / (1 + b·p)``, detector blur on the transmission, per-pixel gain errors and
-    Poisson counting at ``exposure`` photons per unattenuated detector pixel (steps 2-5 of the module doc).
+    Scatter from the part spreads over the detector as a smooth halo (a Gaussian of ``sigma`` detector
+    pixels over rows and columns of each projection) whose strength follows the transmitted primary ``t``;
+    ``κ`` (``fraction``) is the scatter-to-primary ratio of an open beam. It is an additive offset in the
+    intensities, so behind thick metal (small ``t``) it dominates: the measured attenuation is too low
+    there (cupping, dark-bright streaks between thick parts) and the contrast of a pore shrinks by
+    ``t / (t + S)``.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    return fraction * gaussian_filter(t, sigma=(sigma, sigma, 0.0), mode="nearest")
+
+
+def acquire(p: np.ndarray, *, exposure: float, hardening: float = 0.0, blur: float = 0.0, ring: float = 0.0,
+            rng: np.random.Generator, scatter: float = 0.0, scatter_sigma: float | None = None,
+            readout: float = 0.0) -> np.ndarray:
+    """Turn ideal line integrals ``p`` (rows z, detector columns, angles) into measured, log-converted
+    line integrals.
+
+    Applies beam hardening ``p / (1 + b·p)``, detector blur on the transmission, scatter
+    (:func:`scatter_offset`, ``scatter`` = κ; the flat field includes the open beam's ``1 + κ``),
+    per-pixel gain errors and Poisson counting at ``exposure`` photons per unattenuated detector pixel
+    (steps 2-5 of the module doc). ``readout`` > 0 adds Gaussian electronic noise of that many counts
+    (std) and floors the counts at 1 before the log: along long chords through metal the counts
+    ``I0·exp(−p)`` fall to a few photons, the noise there is of the order of the signal and the floor
+    biases ``p̂`` low — photon starvation, the streaks along the longest paths ("metal streaks").
+    ``scatter_sigma`` defaults to an eighth of the detector width.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -95,28 +121,39 @@ def acquire(p: np.ndarray, *, exposure: float, hardening: float = 0.0, blur: flo
     t = np.exp(-p)
     if blur > 0:
         t = gaussian_filter(t, sigma=(blur, blur, 0.0), mode="nearest")
+    if scatter > 0:
+        sigma = p.shape[1] / 8 if scatter_sigma is None else float(scatter_sigma)
+        t = (t + scatter_offset(t, scatter, sigma)) / (1.0 + scatter)
     if ring > 0:
         t *= gain_map(p.shape[:2], ring, rng)[:, :, None]
     counts = rng.poisson(exposure * t)
+    if readout > 0:
+        counts = np.maximum(counts + readout * rng.standard_normal(counts.shape), 1.0)
     return (-np.log(np.maximum(counts, 0.5) / exposure)).astype(np.float32)
 
 
 def scan_phantom(mu: np.ndarray, *, voxel_mm: float, projections: int, exposure: float,
                  hardening: float = 0.0, blur: float = 0.0, ring: float = 0.0, seed: int = 0,
-                 filter: str = "hann", progress: bool = False) -> np.ndarray:
-    """Simulate a CT scan of an attenuation map and reconstruct it by FBP.
+                 filter: str = "hann", progress: bool = False, cone: bool = False, scatter: float = 0.0,
+                 readout: float = 0.0) -> np.ndarray:
+    """Simulate a CT scan of an attenuation map and reconstruct it (FBP per slice, or FDK with ``cone``).
 
     Parameters
     ----------
     mu : (z, y, x) attenuation in 1/mm, square slices, zero outside the inscribed circle of each slice.
     voxel_mm : isotropic voxel size in mm (line integrals are ``sum(mu) · voxel_mm``).
-    projections : number of projection angles over 180°.
+    projections : number of projection angles over 180° (parallel beam) or 360° (cone beam).
     exposure : unattenuated photon counts per detector pixel and projection (``I0``).
     hardening : beam-hardening coefficient ``b`` in ``p / (1 + b·p)`` (0 = monochromatic).
     blur : detector blur, Gaussian sigma in detector pixels.
     ring : relative standard deviation of the detector gain errors (rings).
     seed : noise seed (same seed → same scan).
-    filter : FBP filter (``ramp``, ``shepp-logan``, ``cosine``, ``hamming``, ``hann``).
+    filter : FBP filter (``ramp``, ``shepp-logan``, ``cosine``, ``hamming``, ``hann``; FDK: ``ramp`` or
+        ``hann``).
+    cone : circular-orbit cone-beam geometry of the paper's scanner (:mod:`porelab.simulate.cone`: source
+        at 43.3 mm, flat detector, FDK) instead of parallel beam per slice.
+    scatter : scatter-to-primary ratio κ of the open beam (:func:`scatter_offset`; 0 = none).
+    readout : electronic noise in counts (std) with a floor of one count (photon starvation; 0 = off).
 
     Returns
     -------
@@ -126,10 +163,25 @@ def scan_phantom(mu: np.ndarray, *, voxel_mm: float, projections: int, exposure:
     _check_volume(mu, "mu")
     if int(projections) < 4:
         raise ConfigError(f"projections must be >= 4, got {projections}")
+    if scatter < 0 or readout < 0:
+        raise ConfigError(f"scatter ({scatter}) and readout ({readout}) must be >= 0")
     rng = np.random.default_rng(seed)
+    effects = dict(exposure=exposure, hardening=hardening, blur=blur, ring=ring, rng=rng, scatter=scatter,
+                   readout=readout)
+    if cone:
+        from porelab.simulate.cone import SOD_MM, cone_project, fdk, orbit
+
+        sod = SOD_MM / float(voxel_mm)
+        betas = orbit(projections)
+        p = cone_project(mu, betas, sod, progress=progress) * float(voxel_mm)  # (angles, rows, columns)
+        pm = acquire(p.transpose(1, 2, 0), **effects).transpose(2, 0, 1)
+        del p
+        rec = fdk(pm, betas, sod, mu.shape, window="ramp" if filter == "ramp" else "hann", progress=progress)
+        rec /= float(voxel_mm)
+        return rec
     theta = angles(projections)
     p = forward_project(mu, theta, progress=progress) * float(voxel_mm)
-    pm = acquire(p, exposure=exposure, hardening=hardening, blur=blur, ring=ring, rng=rng)
+    pm = acquire(p, **effects)
     del p
     rec = fbp(pm, theta, filter=filter, progress=progress)
     rec /= float(voxel_mm)
