@@ -33,6 +33,14 @@ from porelab.train.config import TrainConfig
 #: 5: 0.95 / 0.56 (``porelab.baselines.tophat_score``)
 TOPHAT_RADIUS = 5
 
+#: the multi-fidelity pruners a search can use (``porelab.automl.study.make_pruner``)
+PRUNERS = ("sha", "hyperband")
+
+#: quick profile: per-net width multipliers at which one training step at the quick patch (32³, batch 4,
+#: width × 0.25) costs about the same as the UNet's at width 1 (``benchmarks/step_time.py``;
+#: docs/experiments.md, "Step time per net")
+QUICK_NET_WIDTHS = {"unetpp": 0.25, "unet3p": 0.25, "accunet": 0.25, "gmvae": 0.25}
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -45,20 +53,44 @@ class SearchSpace:
     widths : width multipliers (× ``Profile.net_scale``) of the unsupervised study.
     residuals : anomaly residuals scored on every unsupervised fold; the validation scan picks one
         (``porelab.postprocess.anomaly_map``).
-    n_trials_unsupervised, n_trials_supervised : trials per study and worker.
+    width_range : ``(low, high)``: a continuous width multiplier (log-uniform) searched instead of ``widths``.
+    net_widths : per-net width multiplier (× ``Profile.net_scale``, before the searched one) that makes one
+        training step of every net cost about the same (measured: ``benchmarks/step_time.py``,
+        docs/experiments.md); nets not listed get 1.
+    lr_range : ``(low, high)``: the learning rate is searched (log-uniform) in both studies; ``None``: the
+        profile's ``TrainConfig.lr``.
+    n_trials_unsupervised, n_trials_supervised : trials per study and worker; with a time budget a cap
+        (0 = as many as the budget allows).
     grid : the supervised study walks the paper's FTL grid (α × β × γ × nets, ``GridSampler``) instead of TPE.
     heuristic_comparison : the best supervised configuration is trained again on Algorithm 1 labels
-        (the paper's Table 7 comparison).
+        (the paper's Table 7 comparison); under a time budget only when its measured cost fits.
+    time_budget : minutes for the whole search job (``None``: no budget, the trial counts decide);
+        ``porelab.automl.budget`` splits it.
+    unsupervised_share : the unsupervised study's share of the time left for both studies.
+    tail_fraction : the share of the budget set aside, before anything is measured, for registration,
+        pseudo-labels and the summary; replaced by measured costs as soon as they are known.
+    pruner : ``"sha"`` (successive halving) or ``"hyperband"``: the multi-fidelity pruner that stops a trial
+        between epochs (one report per epoch, step = fold index × max_epochs + epoch).
+    min_resource, reduction_factor : the pruner's first rung (epochs) and η.
     """
 
     unsupervised_nets: tuple[str, ...] = UNSUPERVISED
     supervised_nets: tuple[str, ...] = SUPERVISED
     widths: tuple[float, ...] = (0.5, 1.0)
     residuals: tuple[str, ...] = RESIDUALS
+    width_range: tuple[float, float] | None = None
+    net_widths: dict = field(default_factory=dict)
+    lr_range: tuple[float, float] | None = None
     n_trials_unsupervised: int = 5
     n_trials_supervised: int = 128
     grid: bool = True
     heuristic_comparison: bool = True
+    time_budget: float | None = None
+    unsupervised_share: float = 0.5
+    tail_fraction: float = 0.15
+    pruner: str = "sha"
+    min_resource: int = 1
+    reduction_factor: int = 3
 
     def __post_init__(self):
         from porelab.nets import NAMES, is_supervised
@@ -73,6 +105,24 @@ class SearchSpace:
             raise ConfigError(f"search space: widths must be > 0, got {self.widths}")
         if not self.residuals or set(self.residuals) - set(RESIDUALS):
             raise ConfigError(f"search space: residuals must be a subset of {RESIDUALS}, got {self.residuals}")
+        for label, rng in (("width_range", self.width_range), ("lr_range", self.lr_range)):
+            if rng is not None and not (len(rng) == 2 and 0 < rng[0] <= rng[1]):
+                raise ConfigError(f"search space: {label} must be (low, high) with 0 < low <= high, got {rng}")
+        if any(v <= 0 for v in self.net_widths.values()) or set(self.net_widths) - set(NAMES):
+            raise ConfigError(f"search space: net_widths must map net names to widths > 0, got {self.net_widths}")
+        if self.n_trials_unsupervised < 0 or self.n_trials_supervised < 0:
+            raise ConfigError("search space: trial counts must be >= 0")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ConfigError(f"time budget must be > 0 minutes, got {self.time_budget}")
+        if not (0 < self.unsupervised_share < 1 and 0 <= self.tail_fraction < 1):
+            raise ConfigError("search space: unsupervised_share must be in (0, 1), tail_fraction in [0, 1)")
+        if self.pruner not in PRUNERS or self.min_resource < 1 or self.reduction_factor < 2:
+            raise ConfigError(f"search space: pruner must be one of {', '.join(PRUNERS)} with min_resource >= 1 "
+                              f"and reduction_factor >= 2, got {self.pruner!r}")
+
+    def net_width(self, net: str) -> float:
+        """The width multiplier that equalises ``net``'s step time (``net_widths``; 1 if not listed)."""
+        return float(self.net_widths.get(net, 1.0))
 
 
 @dataclass(frozen=True)
@@ -174,7 +224,7 @@ def _smoke() -> Profile:
                    supervised=copy.deepcopy(train),
                    search=SearchSpace(unsupervised_nets=("cevae",), supervised_nets=("unet",), widths=(1.0,),
                                       n_trials_unsupervised=1, n_trials_supervised=1, grid=False,
-                                      heuristic_comparison=False))
+                                      heuristic_comparison=False, time_budget=3.0))
 
 
 def _quick() -> Profile:
@@ -189,9 +239,10 @@ def _quick() -> Profile:
                                                    w_gamma=0.1))
     return Profile(name="quick", sim_preset="quick", net_scale=0.25, folds=2, unsupervised=unsupervised,
                    supervised=supervised, supervised_dropout=0.0,
-                   search=SearchSpace(unsupervised_nets=("vae",), supervised_nets=("unet",), widths=(1.0,),
-                                      n_trials_unsupervised=1, n_trials_supervised=1, grid=False,
-                                      heuristic_comparison=True))
+                   search=SearchSpace(unsupervised_nets=UNSUPERVISED, supervised_nets=SUPERVISED,
+                                      width_range=(0.5, 1.0), net_widths=dict(QUICK_NET_WIDTHS),
+                                      lr_range=(2e-4, 1.5e-3), n_trials_unsupervised=0, n_trials_supervised=0,
+                                      grid=False, heuristic_comparison=True, time_budget=30.0))
 
 
 def _paper() -> Profile:
@@ -213,5 +264,5 @@ def get_profile(name) -> Profile:
         raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}") from None
 
 
-__all__ = ["PROFILES", "TOPHAT_RADIUS", "LabelConfig", "Profile",
+__all__ = ["PROFILES", "PRUNERS", "QUICK_NET_WIDTHS", "TOPHAT_RADIUS", "LabelConfig", "Profile",
            "SearchSpace", "get_profile"]

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from porelab.automl.spaces import PAPER_ALPHAS, PAPER_GAMMAS, get_space, paper_grid
+from porelab.automl.spaces import PAPER_ALPHAS, PAPER_FTL_OPTIMUM, PAPER_GAMMAS, first_trial, get_space, paper_grid
 from porelab.automl.study import make_study
 from porelab.config import get_profile
 from porelab.errors import ConfigError
@@ -45,10 +45,20 @@ def test_spaces_by_name_and_the_profile_options_they_use():
     import optuna
 
     quick = get_profile("quick")
-    name, kwargs, loss = get_space("supervised")(optuna.create_study().ask(), quick)
-    assert name == "unet" and kwargs == {"scale": 0.25, "dropout": 0.0} and set(loss) == {"alpha", "beta", "gamma"}
-    name, kwargs, loss = get_space("unsupervised")(optuna.create_study().ask(), quick)
-    assert name == "vae" and kwargs["patch_size"] == 32 and "kl_weight" in loss
+    # width = net_scale × the net's step-time width (unet3p: 0.25) × the searched multiplier
+    trial = optuna.trial.FixedTrial({"net": "unet3p", "alpha": 0.6, "beta": 0.2, "gamma": 1.5, "width": 0.5,
+                                     "lr": 1e-3})
+    name, kwargs, loss = get_space("supervised")(trial, quick)
+    assert name == "unet3p" and kwargs == {"scale": 0.25 * 0.25 * 0.5, "dropout": 0.0}
+    assert loss == {"alpha": 0.6, "beta": 0.2, "gamma": 1.5} and trial.params["lr"] == 1e-3
+    trial = optuna.trial.FixedTrial({"net": "vae", "width": 1.0, "lr": 5e-4, "vae_latent_channels": 512,
+                                     "vae_kl_weight": 1e-5})
+    name, kwargs, loss = get_space("unsupervised")(trial, quick)
+    assert name == "vae" and kwargs["patch_size"] == 32 and kwargs["scale"] == 0.25 and loss == {"kl_weight": 1e-5}
+    assert kwargs["channel_depths"][-1] == 512
+    # a new TPE study starts from a configuration known to learn: the supervised one from the paper's optimum
+    assert first_trial("supervised", quick) == {"net": "unet", "width": 1.0, "lr": 1e-3, **PAPER_FTL_OPTIMUM}
+    assert first_trial("unsupervised", quick)["vae_kl_weight"] == 1e-5
     with pytest.raises(ConfigError, match="available: unsupervised, supervised"):
         get_space("semi")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -225,46 +226,86 @@ def _start(storage=False):
     return tracking.optuna_storage(storage) if storage is not False else None
 
 
+def use_experiment(experiment: str) -> tuple[str, str | None]:
+    """Select (create) the MLflow experiment ``experiment`` and tag it as model training
+    (``leaderboard.mark_experiment``). Inside ``mlflow run`` whose run lives in another experiment (by
+    default "Default"), the search gets its own parent run in ``experiment`` and the launcher run is left to
+    ``mlflow run`` (tagged with the search run's id at the end). Returns ``(experiment_id, launcher_run_id)``.
+    """
+    import mlflow
+
+    from porelab.automl.leaderboard import mark_experiment
+
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if launcher:
+        run_exp = mlflow.get_experiment(mlflow.get_run(launcher).info.experiment_id)
+        if run_exp.name == experiment:
+            mark_experiment(run_exp.experiment_id)
+            return run_exp.experiment_id, None
+        os.environ.pop("MLFLOW_RUN_ID")
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    exp_id = mlflow.set_experiment(experiment).experiment_id
+    mark_experiment(exp_id)
+    return exp_id, launcher
+
+
 def run_search(profile: str = "quick", data=None, n_trials: int | None = None, study_name: str = "porelab",
-               storage=None, seed: int = 0, *, progress: bool = False, workdir=None) -> dict:
+               storage=None, seed: int = 0, *, time_budget=None, experiment: str = "porelab",
+               progress: bool = False, workdir=None, clock=time.monotonic) -> dict:
     """The whole AutoML pipeline (module docstring). Returns a summary dict (runs, versions, values).
 
-    ``n_trials`` is the number of trials this call runs in each study (0/None: the profile's budgets);
-    several workers with the same ``study_name`` and ``storage`` share the studies. ``storage``: Optuna
-    storage (``None``/``""``: ``optuna.db`` beside ``mlflow.db``; an RDB URL; a ``.log`` journal file).
+    ``time_budget``: minutes for the whole job (``None``/``""``: the profile's, ``"none"``/0: no budget),
+    split and enforced by ``porelab.automl.budget``; ``n_trials`` caps the trials this call runs in each
+    study (0/None: the profile's cap, 0 there = as many as the budget allows). Several workers with the same
+    ``study_name`` and ``storage`` share the studies. ``storage``: Optuna storage (``None``/``""``:
+    ``optuna.db`` beside ``mlflow.db``; an RDB URL; a ``.log`` journal file). ``experiment``: the MLflow
+    experiment; the parent run is named ``<profile>-<study_name>-seed<seed>``.
     """
     import mlflow
 
     from porelab import tracking
+    from porelab.automl.budget import Budget, StudyClock, parse_minutes, tail_estimate
+    from porelab.automl.leaderboard import log_leaderboard, main_metrics, run_name
     from porelab.reporting.tables import complexity_rows, csv_text
 
-    t_start = time.perf_counter()
     prof = get_profile(profile)
+    minutes = parse_minutes(time_budget, prof.search.time_budget)
+    budget = Budget.minutes(minutes, clock=clock)
     if n_trials is not None and n_trials < 0:
         raise ConfigError(f"n_trials must be >= 0, got {n_trials}")
+    if not experiment or not str(experiment).strip():
+        raise ConfigError("experiment: give an MLflow experiment name")
     tracking.optuna_storage_url(storage)          # bad input fails before anything is written
     if data:
         ensure_dataset(data, prof, seed)
     storage_obj = _start(storage)
+    exp_id, launcher = use_experiment(str(experiment))
     own_workdir = workdir is None
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="porelab-search-"))
-    summary: dict = {"profile": prof.name, "study_name": study_name}
+    name = run_name(prof.name, study_name, seed)
+    summary: dict = {"profile": prof.name, "study_name": study_name, "experiment": str(experiment),
+                     "run_name": name, "time_budget_minutes": minutes}
+    space = prof.search
     try:
         with tracking.sigterm_as_interrupt(), \
-                tracking.parent_run("search", tags={"porelab.level": "search"}) as run:
+                tracking.parent_run(name, tags={"porelab.level": "search"}) as run:
             summary["run_id"] = run.info.run_id
-            ctx = pipeline_context(prof, data, seed, workdir=workdir, progress=progress)
-            n_unsup = n_trials or prof.search.n_trials_unsupervised
-            n_sup = n_trials or prof.search.n_trials_supervised
+            mlflow.set_tag("mlflow.runName", name)
+            with budget.phase("data"):
+                ctx = pipeline_context(prof, data, seed, workdir=workdir, progress=progress)
+            n_unsup = n_trials or space.n_trials_unsupervised or None
+            n_sup = n_trials or space.n_trials_supervised or None
             commit = tracking.git_commit()
             mlflow.set_tags({"porelab.profile": prof.name, "porelab.git_commit": commit,
-                             "porelab.study_name": study_name})
+                             "porelab.study_name": study_name, "porelab.seed": str(seed)})
             # (keys differ from the MLproject parameters `mlflow run` logged: params cannot change)
             tracking.log_params({"profile": prof.name, "seed": seed, "dataset_dir": str(ctx.dataset_root),
-                                 "study_name": study_name,
+                                 "study_name": study_name, "experiment_name": str(experiment),
                                  "optuna_storage": tracking.optuna_storage_url(storage),
-                                 "n_trials_unsupervised": n_unsup, "n_trials_supervised": n_sup,
-                                 "folds": len(ctx.folds), "git_commit": commit})
+                                 "n_trials_unsupervised": n_unsup or "budget", "n_trials_supervised": n_sup or "budget",
+                                 "time_budget_minutes": minutes if minutes is not None else "none",
+                                 "unsupervised_share": space.unsupervised_share, "tail_fraction": space.tail_fraction,
+                                 "pruner": space.pruner, "folds": len(ctx.folds), "git_commit": commit})
             mlflow.log_dict(prof.to_dict(), "profile.json")
             mlflow.log_artifact(str(ctx.dataset_root / "manifest.json"), "dataset")
             hashes = tracking.file_hashes(ctx.dataset_root)
@@ -274,36 +315,82 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
             for note in ctx.notes:
                 mlflow.set_tag("porelab.note.folds", note)
 
-            # 2-3. unsupervised study, registration
-            unsup = run_study(ctx, "unsupervised", study_name, storage_obj, n_unsup)
+            # 2-3. unsupervised study (its share of the time left after a reserve for the fixed steps)
+            uclock = sclock = None
+            tail0 = space.tail_fraction * budget.seconds if budget.limited else 0.0
+            if budget.limited:
+                u_seconds = budget.split(space.unsupervised_share, tail0)
+                u_end = clock() + u_seconds
+                budget.plan("study_unsupervised", u_seconds)
+                uclock = StudyClock(lambda: u_end, clock=clock)
+            with budget.phase("study_unsupervised"):
+                unsup = run_study(ctx, "unsupervised", study_name, storage_obj, n_unsup, clock=uclock)
             summary["unsupervised"] = study_summary(unsup)
-            summary["unsupervised_registry"] = register_best(unsup, UNSUPERVISED_NAME, ctx)
+            with budget.phase("register_unsupervised"):
+                summary["unsupervised_registry"] = register_best(unsup, UNSUPERVISED_NAME, ctx)
 
             # 4. pseudo-labels from the production model, by name
-            with tracking.child_run("pseudo-labels", tags={"porelab.level": "labels"}):
+            with budget.phase("pseudo_labels"), \
+                    tracking.child_run("pseudo-labels", tags={"porelab.level": "labels"}):
                 labels, stats, info = model_pseudo_labels(ctx)
                 log_pseudo_labels(stats, info, workdir / "pseudo_labels", labels)
             summary["pseudo_labels"] = stats
 
-            # 5-6. supervised study on pseudo-labels, registration, heuristic comparison
-            sup = run_study(ctx, "supervised", study_name, storage_obj, n_sup, labels=labels)
+            # 5-6. supervised study until the end minus the measured cost of what follows it
+            n_scans = len(ctx.cv) + (1 if ctx.hard is not None else 0)
+            per_scan = budget.spent("pseudo_labels") / max(n_scans, 1)
+            summary_scans = 2 * (2 if ctx.hard is not None else 1) + n_scans    # curves + classical rows
+            if budget.limited:
+                def sup_end() -> float:
+                    heur = (sclock.complete_seconds[0] if space.heuristic_comparison and sclock.complete_seconds
+                            else None)
+                    return budget.end - tail_estimate(register=budget.spent("register_unsupervised"),
+                                                      score_per_scan=per_scan, summary_scans=summary_scans,
+                                                      heuristic=heur, fallback=tail0)
+                budget.plan("study_supervised", sup_end() - clock())
+                sclock = StudyClock(sup_end, clock=clock)
+            with budget.phase("study_supervised"):
+                sup = run_study(ctx, "supervised", study_name, storage_obj, n_sup, labels=labels, clock=sclock)
             summary["supervised"] = study_summary(sup)
-            summary["supervised_registry"] = register_best(sup, SUPERVISED_NAME, ctx,
-                                                           extra_meta={"labels": "pseudo-labels",
-                                                                       "pseudo_labels": info})
-            heur = heuristic_comparison(ctx, sup) if prof.search.heuristic_comparison else None
+            with budget.phase("register_supervised"):
+                summary["supervised_registry"] = register_best(sup, SUPERVISED_NAME, ctx,
+                                                               extra_meta={"labels": "pseudo-labels",
+                                                                           "pseudo_labels": info})
+            heur = None
+            if space.heuristic_comparison:
+                cost = sclock.complete_seconds[0] if sclock is not None and sclock.complete_seconds else 0.0
+                fits = (not budget.limited) or budget.remaining() - per_scan * summary_scans >= cost
+                budget.plan("heuristic_comparison", cost if budget.limited else None)
+                if fits:
+                    with budget.phase("heuristic_comparison"):
+                        heur = heuristic_comparison(ctx, sup)
+                else:
+                    mlflow.set_tag("porelab.skipped.heuristic_comparison",
+                                   f"needs ~{cost:.0f} s, {budget.remaining():.0f} s left in the budget")
+            summary["heuristic_comparison"] = heur is not None
 
-            # 7. tables, complexity, plots on the parent run
-            log_tables(ctx, unsup, sup, heur)
-            nets = sorted({*best_per_net(unsup), *best_per_net(sup)})
-            mlflow.log_text(csv_text(complexity_rows(ctx.profile, nets)), "tables/complexity.csv")
-            log_registered_curves(ctx)
-            seconds = time.perf_counter() - t_start
-            tracking.log_metrics({"pipeline_seconds": seconds,
+            # 7. tables, leaderboard, complexity, plots on the parent run
+            with budget.phase("summary", planned=per_scan * summary_scans if budget.limited else None):
+                log_tables(ctx, unsup, sup, heur)
+                rows = log_leaderboard({"unsupervised": unsup, "supervised": sup})
+                summary["leaderboard"] = rows
+                nets = sorted({*best_per_net(unsup), *best_per_net(sup)})
+                mlflow.log_text(csv_text(complexity_rows(ctx.profile, nets)), "tables/complexity.csv")
+                log_registered_curves(ctx)
+            seconds = budget.elapsed()
+            tracking.log_params(budget.params())
+            tracking.log_metrics({**budget.metrics(), "pipeline_seconds": seconds, "cost_seconds": seconds,
                                   "unsupervised_best_value": summary["unsupervised"]["best_value"],
-                                  "supervised_best_value": summary["supervised"]["best_value"]})
+                                  "supervised_best_value": summary["supervised"]["best_value"],
+                                  **main_metrics(unsup, "unsupervised"), **main_metrics(sup, "supervised")})
             summary["seconds"] = seconds
+            summary["phases"] = {k: {"planned": v.planned, "spent": v.spent} for k, v in budget.phases.items()}
             mlflow.log_dict(clean(summary), "summary.json")
+        if launcher:
+            mlflow.MlflowClient().set_tag(launcher, "porelab.search_run", summary["run_id"])
+            mlflow.MlflowClient().set_tag(launcher, "mlflow.note.content",
+                                          f"The search logged into experiment '{experiment}', run '{name}' "
+                                          f"({summary['run_id']}).")
     finally:
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -311,11 +398,21 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
 
 
 def run_retrain(profile: str = "quick", data=None, labels=None, n_trials: int | None = None,
-                study_name: str = "porelab", storage=None, seed: int = 0, *, progress: bool = False) -> dict:
-    """Steps 4-7 alone: pseudo-labels (or a label folder), supervised study, ``porelab-supervised``."""
+                study_name: str = "porelab", storage=None, seed: int = 0, *, time_budget=None,
+                progress: bool = False) -> dict:
+    """Steps 4-7 alone: pseudo-labels (or a label folder), supervised study, ``porelab-supervised``.
+
+    Under a time budget (``time_budget`` as for :func:`run_search`) the study ends ``tail_fraction`` of the
+    budget before its end; ``n_trials`` caps it."""
     from porelab import tracking
+    from porelab.automl.budget import Budget, StudyClock, parse_minutes
 
     prof = get_profile(profile)
+    budget = Budget.minutes(parse_minutes(time_budget, prof.search.time_budget))
+    sclock = None
+    if budget.limited:
+        study_end = budget.end - prof.search.tail_fraction * budget.seconds
+        sclock = StudyClock(lambda: study_end)
     storage_obj = _start(storage)
     with tempfile.TemporaryDirectory(prefix="porelab-retrain-") as tmp, tracking.sigterm_as_interrupt(), \
             tracking.parent_run("retrain", tags={"porelab.level": "search"}) as run:
@@ -329,7 +426,7 @@ def run_retrain(profile: str = "quick", data=None, labels=None, n_trials: int | 
                 lab, stats, info = model_pseudo_labels(ctx)
                 log_pseudo_labels(stats, info)
         sup = run_study(ctx, "supervised", study_name, storage_obj,
-                        n_trials or prof.search.n_trials_supervised, labels=lab)
+                        n_trials or prof.search.n_trials_supervised or None, labels=lab, clock=sclock)
         result = {"run_id": run.info.run_id, "supervised": study_summary(sup)}
         meta = {"labels": "pseudo-labels", "pseudo_labels": info}
         result["supervised_registry"] = register_best(sup, SUPERVISED_NAME, ctx, extra_meta=meta)
@@ -369,4 +466,4 @@ def run_cv(net: str, profile: str = "quick", data=None, labels: str = "truth", s
 
 __all__ = ["SUPERVISED_NAME", "UNSUPERVISED_NAME", "ensure_dataset", "heuristic_comparison", "log_pseudo_labels",
            "log_registered_curves", "log_tables", "model_pseudo_labels", "pipeline_context", "register_best",
-           "run_cv", "run_retrain", "run_search"]
+           "run_cv", "run_retrain", "run_search", "use_experiment"]

@@ -55,15 +55,23 @@ def _parse_params(items) -> dict:
 @click.option("--data", default="", help="Dataset folder with manifest.json; empty: simulate one into "
               "porelab-data/<profile> beside mlflow.db (reused when already there).")
 @click.option("--n-trials", type=int, default=0, show_default=True,
-              help="Trials this worker runs in each study; 0 = the profile's budgets.")
+              help="At most this many trials per study and worker; 0 = the profile's cap (quick: none, "
+              "the time budget decides).")
+@click.option("--time-budget", default="", metavar="MINUTES",
+              help="Minutes for the whole job (simulation, both studies, registration, summary); empty = "
+              "the profile's (smoke 3, quick 30, paper none); 'none' or 0 = no budget.")
 @click.option("--study-name", default="porelab", show_default=True,
-              help="Optuna study prefix (<name>-unsupervised, <name>-supervised); the same name resumes.")
+              help="Optuna study prefix (<name>-unsupervised, <name>-supervised); the same name resumes "
+              "(inside the new budget).")
 @click.option("--storage", default="", help="Optuna storage: empty = sqlite optuna.db beside mlflow.db; "
               "any RDB URL (postgresql://…) or a journal file path ending in .log.")
+@click.option("--experiment", default="porelab", show_default=True,
+              help="MLflow experiment; the parent run is named <profile>-<study-name>-seed<seed>.")
 @click.option("--seed", type=int, default=0, show_default=True, help="One seed for data, samplers, training.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def search(profile, data, n_trials, study_name, storage, seed, quiet):
-    """The whole AutoML pipeline: unsupervised study → register → pseudo-labels → supervised study.
+def search(profile, data, n_trials, time_budget, study_name, storage, experiment, seed, quiet):
+    """The whole AutoML pipeline: unsupervised study → register → pseudo-labels → supervised study,
+    inside a time budget (--time-budget) that the code splits between the studies from measured costs.
 
     Scans are (z, y, x). Tracking goes to MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db; runs nest
     search → study → trial → fold. Both best models are registered (porelab-unsupervised,
@@ -79,11 +87,11 @@ def search(profile, data, n_trials, study_name, storage, seed, quiet):
 
     try:
         summary = run_search(profile, data or None, n_trials or None, study_name, storage or None, seed,
-                             progress=not quiet)
+                             time_budget=time_budget, experiment=experiment, progress=not quiet)
     except KeyboardInterrupt as exc:
         _stopped(exc)
-    keys = ("run_id", "profile", "seconds", "unsupervised", "unsupervised_registry", "supervised",
-            "supervised_registry")
+    keys = ("run_id", "run_name", "experiment", "profile", "time_budget_minutes", "seconds", "phases",
+            "unsupervised", "unsupervised_registry", "supervised", "supervised_registry")
     _echo_json({k: summary[k] for k in keys if k in summary})
 
 
@@ -166,12 +174,15 @@ def pseudolabel(data, model, out, profile, overwrite):
 @click.option("--labels", default="", help="Folder of <scan>_pseudo.npy; empty: pseudo-labels from "
               "models:/porelab-unsupervised@production.")
 @click.option("--profile", type=_PROFILES, default="quick", show_default=True)
-@click.option("--n-trials", type=int, default=0, show_default=True, help="0 = the profile's budget.")
+@click.option("--n-trials", type=int, default=0, show_default=True,
+              help="At most this many trials; 0 = the profile's cap (quick: the time budget decides).")
+@click.option("--time-budget", default="", metavar="MINUTES",
+              help="Minutes (as for `porelab search`); empty = the profile's.")
 @click.option("--study-name", default="porelab", show_default=True)
 @click.option("--storage", default="", help="Optuna storage (as for `porelab search`).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def retrain(data, labels, profile, n_trials, study_name, storage, seed, quiet):
+def retrain(data, labels, profile, n_trials, time_budget, study_name, storage, seed, quiet):
     """Supervised study (FTL α, β, γ + UNet family) on pseudo-labels; registers porelab-supervised.
 
     \b
@@ -182,7 +193,7 @@ def retrain(data, labels, profile, n_trials, study_name, storage, seed, quiet):
 
     try:
         result = run_retrain(profile, data, labels or None, n_trials or None, study_name, storage or None,
-                             seed, progress=not quiet)
+                             seed, time_budget=time_budget, progress=not quiet)
     except KeyboardInterrupt as exc:
         _stopped(exc)
     _echo_json(result)

@@ -89,8 +89,12 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
         epoch, best, patience counter, history, random state) are written there after every epoch; when
         ``last.pt`` exists, training resumes from it.
     on_epoch : callable, optional
-        ``on_epoch(epoch, {"train_loss", "val_loss", "seconds", "best_val_loss", ...})`` after every epoch
-        (after the checkpoints are written); an exception it raises (e.g. ``optuna.TrialPruned``) propagates.
+        ``on_epoch(epoch, {"train_loss", "val_loss", "val_ref", "seconds", "best_val_loss", ...})`` after
+        every epoch (after the checkpoints are written); an exception it raises (e.g. ``optuna.TrialPruned``)
+        propagates. Returning ``"stop"`` (or setting ``info["stop"] = True`` in the dict it got) ends training
+        after this epoch like early stopping (the best weights are kept): a time budget uses it.
+        ``val_ref`` is the validation loss on one scale for every configuration of a kind of net (see
+        :func:`reference_loss`), so runs with different loss parameters can be compared epoch by epoch.
     seed : int
         One seed for Python, numpy, torch and TorchIO (``porelab.runtime.seed_everything``).
     rebuild : callable, optional
@@ -183,18 +187,22 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
             n += len(x)
         return total / max(n, 1)
 
-    def evaluate() -> float:
+    ref_fn = reference_loss(supervised)
+
+    def evaluate() -> tuple[float, float]:
         if not val_batches:
-            return math.nan
+            return math.nan, math.nan
         state.net.eval()
-        total, n = 0.0, 0
+        total, ref, n = 0.0, 0.0, 0
         with torch.no_grad(), torch.autocast(device.type, enabled=use_amp):
             for x, y in val_batches:
                 x = x.to(device)
                 y = y.to(device) if y is not None else None
-                total += float(run_loss(x, y)) * len(x)
+                out = state.net(x)
+                total += float(loss_fn(out, y if supervised else x)[0]) * len(x)
+                ref += float(ref_fn(out, y if supervised else x)) * len(x)
                 n += len(x)
-        return total / max(n, 1)
+        return total / max(n, 1), ref / max(n, 1)
 
     from porelab.runtime import progress as progress_bar
 
@@ -205,11 +213,12 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
             state.epoch = epoch
             t0 = time.perf_counter()
             train_loss = train_epoch()
-            val_loss = evaluate()
+            val_loss, val_ref = evaluate()
             monitored = val_loss if val_batches else train_loss
             seconds = time.perf_counter() - t0
             history["train_loss"].append(train_loss)
             history["val_loss"].append(val_loss)
+            history.setdefault("val_ref", []).append(val_ref)
             history["seconds"].append(seconds)
             history.setdefault("lr", []).append(float(state.lr))
             history["epochs"] = epoch + 1
@@ -222,8 +231,11 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
                 bar.update(1)
                 bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{state.best_loss:.4f}")
             if on_epoch is not None:
-                on_epoch(epoch, {"train_loss": train_loss, "val_loss": val_loss, "seconds": seconds,
-                                 "best_val_loss": state.best_loss, "best_epoch": history["best_epoch"]})
+                info = {"train_loss": train_loss, "val_loss": val_loss, "val_ref": val_ref, "seconds": seconds,
+                        "best_val_loss": state.best_loss, "best_epoch": history["best_epoch"]}
+                if on_epoch(epoch, info) == "stop" or info.get("stop"):
+                    state.stop = history["stopped_early"] = True
+                    history["stopped_by"] = "on_epoch"
             if state.stop:
                 break
     finally:
@@ -233,6 +245,22 @@ def fit(net, name: str, train: list[Sample], val: list[Sample], config: TrainCon
         state.net.load_state_dict(state.best_state)
     state.net.eval()
     return state.net, history
+
+
+def reference_loss(supervised: bool) -> Callable:
+    """``fn(output, target) -> tensor``: the validation loss on one scale for every configuration.
+
+    Supervised nets: the Focal Tversky loss at α = β = 0.5, γ = 1 (one minus the soft Dice of the pore
+    class; Iuso et al. 2024, eq. (1)) of the eval-mode probability against the training labels, whatever
+    α, β, γ the net is trained with. Unsupervised nets: the mean absolute reconstruction error
+    ``|x̂ − x|`` (label-free), whatever the net's own loss adds (KL, commitment, …) or its norm (vqVAE: MSE).
+    """
+    if supervised:
+        from porelab.losses import FocalTverskyLoss
+
+        ftl = FocalTverskyLoss(alpha=0.5, beta=0.5, gamma=1.0)
+        return lambda out, y: ftl(out[0] if isinstance(out, (list, tuple)) else out, y)
+    return lambda out, x: (out["recon"] - x).abs().mean()
 
 
 def apply_action(state: TrainState, action: Action, *, rebuild: Callable | None = None, seed: int = 0) -> None:
@@ -292,4 +320,4 @@ def default_callbacks(config: TrainConfig, *, supervised: bool, rebuild: Callabl
     return callbacks
 
 
-__all__ = ["apply_action", "default_callbacks", "fit", "validation_batches"]
+__all__ = ["apply_action", "default_callbacks", "fit", "reference_loss", "validation_batches"]
