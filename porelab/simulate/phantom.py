@@ -70,6 +70,9 @@ def make_phantom(
     roughness: float = 1.0,
     density_variation: float = 0.02,
     kind_weights: dict[str, float] | None = None,
+    texture: float = 0.0,
+    drift: float = 0.0,
+    extra_pores: dict[str, int] | None = None,
 ) -> Phantom:
     """Build a phantom part with pores of three kinds.
 
@@ -84,6 +87,10 @@ def make_phantom(
     roughness : scales the surface particles' number (0 = smooth machined surface).
     density_variation : peak relative amplitude of the low-frequency density field (0.02 = ±2 %).
     kind_weights : relative frequency of ``gas``, ``keyhole``, ``lof`` pores (default 0.5/0.3/0.2).
+    texture : relative std of the microstructure texture in µ (``extras.texture_field``; 0 = none).
+    drift : peak relative amplitude of the low-order density drift (``extras.drift_field``; 0 = none).
+    extra_pores : counts of extra pores by kind ``small``, ``cluster``, ``surface``, ``large``
+        (``extras.add_extra_pores``), placed after the regular pores and on top of ``porosity``.
 
     Returns
     -------
@@ -120,9 +127,30 @@ def make_phantom(
 
     labels, pores = _place_pores(core, solid, porosity, rng, kind_weights, whole_z=(part == "cylinder"))
     density = 1.0 + density_variation * _smooth_field((nz, ny, nx), rng)
-    mu = np.where(solid & (labels == 0), MATERIALS[material]["mu"] * density, 0.0).astype(np.float32)
+    if texture > 0 or drift > 0 or extra_pores:
+        mu = _with_extras(solid, core, labels, pores, density, MATERIALS[material]["mu"], rng,
+                          texture=texture, drift=drift, extra_pores=extra_pores or {},
+                          whole_z=(part == "cylinder"))
+    else:
+        mu = np.where(solid & (labels == 0), MATERIALS[material]["mu"] * density, 0.0).astype(np.float32)
     return Phantom(mu=mu, truth=(labels > 0).astype(np.uint8), object=solid.astype(np.uint8), pores=pores,
                    material=material, shape_kind=part, labels=labels)
+
+
+def _with_extras(solid, core, labels, pores, density, mu_metal, rng, *, texture, drift, extra_pores, whole_z):
+    """Attenuation map with texture, drift and extra pores (``porelab.simulate.extras``); ``labels`` and
+    ``pores`` gain the extra pores in place. Small pores keep their partial volume: their voxels hold the
+    metal's attenuation times the fraction of the voxel outside the pore."""
+    from porelab.simulate import extras
+
+    if texture > 0:
+        density = density + texture * extras.texture_field(labels.shape, rng)
+    if drift > 0:
+        density = density + drift * extras.drift_field(labels.shape, rng)
+    keep = extras.add_extra_pores(labels, pores, core, extra_pores, rng, whole_z=whole_z)
+    partial = keep < 1.0
+    metal = solid & ((labels == 0) | partial)
+    return np.where(metal, mu_metal * np.maximum(density, 0.0) * keep, 0.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- geometry
