@@ -11,9 +11,12 @@ import click
 
 @click.command(name="simulate")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--preset", type=click.Choice(["smoke", "quick", "paper"]), default="quick", show_default=True,
+@click.option("--preset", type=click.Choice(["smoke", "quick", "hard", "paper"]), default="quick",
+              show_default=True,
               help="smoke: 32×48×48 scans in seconds; quick: 96×128×128, about a minute on 2 cores; "
-                   "paper: 10 µm voxels (2000×1111×1111 cylinders), big machines only.")
+                   "hard: quick's sizes with cone beam (FDK), scatter, photon starvation, strong cupping and "
+                   "rings, texture, density drift and small / clustered / surface / large pores (a few "
+                   "minutes); paper: 10 µm voxels (2000×1111×1111 cylinders), big machines only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
 @click.option("--porosity", type=float, default=None, metavar="PCT",
               help="Target pore volume in % of each part (realistic 0.1-2; default 0.75, smoke 2).")
@@ -78,10 +81,22 @@ def simulate(out: Path, preset: str, seed: int, porosity: float | None, quiet: b
                    "else estimated from the scan's noise].")
 @click.option("--spacing", type=float, default=None, metavar="MM",
               help="Voxel size to use when SCAN's file carries none.")
+@click.option("--cone", is_flag=True,
+              help="Re-scan in the paper's circular cone-beam geometry and reconstruct by FDK "
+                   "(projections over 360°).")
+@click.option("--scatter", type=float, default=0.0, show_default=True, metavar="F",
+              help="Add scatter: scatter-to-primary ratio of the open beam (e.g. 0.1).")
+@click.option("--starvation", type=float, default=0.0, show_default=True, metavar="COUNTS",
+              help="Add photon starvation: electronic noise of COUNTS (std) with a one-count floor (e.g. 3).")
+@click.option("--hardening", type=float, default=0.0, show_default=True, metavar="B",
+              help="Add beam hardening p / (1 + B·p) to the re-projections (cupping).")
+@click.option("--rings", type=float, default=0.0, show_default=True, metavar="STD",
+              help="Add detector gain errors of relative std STD (rings, e.g. 0.01).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT when it exists (never SCAN itself).")
 def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: int, base_projections,
-            base_exposure, spacing, quiet: bool, overwrite: bool):
+            base_exposure, spacing, cone: bool, scatter: float, starvation: float, hardening: float,
+            rings: float, quiet: bool, overwrite: bool):
     """Re-scan SCAN with fewer projections and lower exposure (Iuso et al. 2024, section 4.8).
 
     Each axial slice (z, y, x order; z = rotation axis) is re-projected, every k-th projection is kept,
@@ -90,8 +105,14 @@ def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: in
     and physical units) or a real one (settings estimated from the scan).
 
     \b
+    The effects that make real scans hard can be added the same way (--cone, --scatter, --starvation,
+    --hardening, --rings); texture, density drift and pores belong to the part and need a new simulation
+    (porelab simulate --preset hard).
+
+    \b
     Example:
       porelab degrade data/cube_scan.npy -o cube_p50_e25.npy --projections 0.5 --exposure 0.25
+      porelab degrade data/cyl4_scan.npy -o cyl4_hard.npy --cone --scatter 0.1 --starvation 3
     """
     import json
     import math
@@ -111,6 +132,10 @@ def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: in
         raise ConfigError(f"--base-exposure {base_exposure} must be a positive photon count")
     if spacing is not None and not (spacing > 0 and math.isfinite(spacing)):
         raise ConfigError(f"--spacing {spacing} must be a positive voxel size in mm")
+    for opt, val in (("--scatter", scatter), ("--starvation", starvation), ("--hardening", hardening),
+                     ("--rings", rings)):
+        if not (val >= 0 and math.isfinite(val)):
+            raise ConfigError(f"{opt} {val} must be a finite number >= 0")
     target = _check_output(Path(out), inputs=[scan], overwrite=overwrite)
     sp = None if spacing is None else (spacing, spacing, spacing)
     vol = read_volume(scan, spacing=sp)
@@ -123,7 +148,8 @@ def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: in
         voxel_mm = float(entry["spacing"][1])
     result = degrade_scan(vol.array, projections=projections, exposure=exposure, seed=seed,
                           base_projections=base_projections, base_exposure=base_exposure, voxel_mm=voxel_mm,
-                          progress=not quiet)
+                          progress=not quiet, cone=cone, scatter=scatter, readout=starvation,
+                          hardening=hardening, ring=rings)
     write_volume(target, result, spacing=vol.spacing)
     click.echo(json.dumps({"out": str(out), "shape": list(result.shape), "projections": projections,
                            "exposure": exposure, "base_projections": base_projections,

@@ -193,7 +193,9 @@ def scan_phantom(mu: np.ndarray, *, voxel_mm: float, projections: int, exposure:
 
 def degrade(scan: np.ndarray, *, projections: float = 1.0, exposure: float = 1.0, seed: int = 0,
             base_projections: int | None = None, base_exposure: float | None = None,
-            voxel_mm: float | None = None, filter: str = "hann", progress: bool = False) -> np.ndarray:
+            voxel_mm: float | None = None, filter: str = "hann", progress: bool = False,
+            cone: bool = False, scatter: float = 0.0, readout: float = 0.0, hardening: float = 0.0,
+            ring: float = 0.0) -> np.ndarray:
     """Re-scan a reconstructed scan with a fraction of the projections and of the exposure (Iuso et al.
     2024, section 4.8: projections 100/50/33 %, exposure 100/75/50/25 %).
 
@@ -224,6 +226,14 @@ def degrade(scan: np.ndarray, *, projections: float = 1.0, exposure: float = 1.0
         are then physical. Default None: the scan is scaled so the longest line integral is 2.0
         (≈ 14 % transmission, the usual operating point of an industrial scan).
     filter : FBP filter.
+    cone : re-scan in the paper's circular cone-beam geometry and reconstruct by FDK
+        (:mod:`porelab.simulate.cone`; ``base_projections`` then cover 360°). The source distance is
+        ``SOD_MM / voxel_mm`` voxels, without ``voxel_mm`` that of an 18 mm field (the paper's cube scan).
+        The scan's own (parallel-beam) artefacts stay; the cone-beam ones are added.
+    scatter, readout, hardening, ring : add scatter (κ), photon starvation (electronic noise in counts,
+        one-count floor; needs ``base_exposure``, else estimated), extra beam hardening ``b`` and detector
+        gain errors to the re-projections, as :func:`acquire` does (0 = off). Texture, drift and pores
+        belong to the part and cannot be added to a reconstructed scan without truth.
 
     Returns
     -------
@@ -248,8 +258,15 @@ def degrade(scan: np.ndarray, *, projections: float = 1.0, exposure: float = 1.0
     y0, x0 = (n - ny) // 2, (n - nx) // 2
     offset = float(np.median(_corners(np.asarray(scan[:: max(1, nz // 16)], np.float32))))
     vol = _pad_square(np.asarray(scan, np.float32) - offset, n)  # air ≈ 0 so the padding is seamless
-    sino = forward_project(vol, theta, progress=progress, desc="re-project")
-    del vol
+    if cone:
+        from porelab.simulate.cone import SOD_MM, cone_project, fdk, orbit
+
+        vol *= _disc(n)[None]  # the cone projector needs zero outside the inscribed cylinder
+        sod = SOD_MM / float(voxel_mm) if voxel_mm is not None else SOD_MM / 18.0 * n
+        betas = orbit(base_projections)[idx]
+        sino = cone_project(vol, betas, sod, progress=progress).transpose(1, 2, 0)  # (rows, columns, angles)
+    else:
+        sino = forward_project(vol, theta, progress=progress, desc="re-project")
     if voxel_mm is not None:  # scan in 1/mm: physical line integrals
         scale = float(voxel_mm)
     else:
@@ -260,18 +277,45 @@ def degrade(scan: np.ndarray, *, projections: float = 1.0, exposure: float = 1.0
     rng = np.random.default_rng(seed)
     kept = len(theta) / base_projections
     extra = 1.0 / exposure - kept  # added noise variance per line integral, in units of 1 / (I0 · T)
+    if base_exposure is None and (extra > 1e-6 or readout > 0):
+        p_par = p if not cone else np.maximum(forward_project(vol, theta) * scale, 0.0)
+        base_exposure = estimate_exposure(scan, p_par, theta, base_projections=base_projections, scale=scale,
+                                          offset=offset, filter=filter, rng=np.random.default_rng(seed + 7919))
+        del p_par
+    del vol
     if extra > 1e-6:
-        if base_exposure is None:
-            base_exposure = estimate_exposure(scan, p, theta, base_projections=base_projections, scale=scale,
-                                              offset=offset, filter=filter,
-                                              rng=np.random.default_rng(seed + 7919))
         lam = float(base_exposure) * np.exp(-p) / extra
         counts = rng.poisson(lam)
         p = p - np.log(np.maximum(counts, 0.5) / np.maximum(lam, 1e-12))
-    rec = fbp((p / scale).astype(np.float32), theta, filter=filter, progress=progress)
+    p = _add_effects(p, scatter=scatter, readout=readout, hardening=hardening, ring=ring,
+                     exposure=base_exposure, rng=rng)
+    if cone:
+        rec = fdk((p / scale).astype(np.float32).transpose(2, 0, 1), betas, sod, (nz, n, n),
+                  window="ramp" if filter == "ramp" else "hann", progress=progress)
+    else:
+        rec = fbp((p / scale).astype(np.float32), theta, filter=filter, progress=progress)
     out = np.ascontiguousarray(rec[:, y0:y0 + ny, x0:x0 + nx])
     out += offset
     return out
+
+
+def _add_effects(p, *, scatter, readout, hardening, ring, exposure, rng):
+    """Scatter, starvation, beam hardening and gain errors on measured line integrals ``p`` (rows,
+    columns, angles), as :func:`acquire` applies them to ideal ones; ``p`` unchanged when all are 0."""
+    if not (scatter > 0 or readout > 0 or hardening > 0 or ring > 0):
+        return p
+    p = np.maximum(p, 0.0)
+    if hardening > 0:
+        p = p / (1.0 + hardening * p)
+    t = np.exp(-p)
+    if scatter > 0:
+        t = (t + scatter_offset(t, scatter, p.shape[1] / 8)) / (1.0 + scatter)
+    if ring > 0:
+        t = t * gain_map(p.shape[:2], ring, rng)[:, :, None]
+    if readout > 0:
+        i0 = float(exposure)
+        t = np.maximum(i0 * t + readout * rng.standard_normal(t.shape), 1.0) / i0
+    return -np.log(t)
 
 
 def estimate_exposure(scan: np.ndarray, p: np.ndarray, theta: np.ndarray, *, base_projections: int,

@@ -53,6 +53,13 @@ class Preset:
     cube_ring: float = 0.012
     porosity: float = 0.75
     extra: dict = field(default_factory=dict)
+    # what makes real scans hard (all off in smoke / quick / paper; see docs/simulator.md, "Hard scans")
+    cone: bool = False  # circular-orbit cone beam + FDK (projections over 360°) instead of parallel beam
+    scatter: float = 0.0  # scatter-to-primary ratio of the open beam
+    readout: float = 0.0  # electronic noise (counts, std) with a one-count floor: photon starvation
+    texture: float = 0.0  # relative std of the microstructure texture in µ
+    drift: float = 0.0  # peak relative amplitude of the low-order density drift
+    extra_pores: dict = field(default_factory=dict)  # counts of small / cluster / surface / large pores
 
     @property
     def cyl_voxel_mm(self) -> float:
@@ -75,6 +82,12 @@ PRESETS: dict[str, Preset] = {
     # counts keep the quick preset's noise in 1/mm: FBP noise variance ∝ 1 / (I0 · projections · voxel²)
     "paper": Preset("paper", (2000, 1111, 1111), (1000, 1800, 1800), 4283, 2878,
                     {"Ti6Al4V": 5300.0, "CoCr": 2100.0, "316L": 2100.0, "cube": 3200.0}),
+    # the quick preset's sizes with everything that makes real scans hard for filters switched on
+    "hard": Preset("hard", (96, 128, 128), (96, 128, 128), 200, 134,
+                   {"Ti6Al4V": 1500.0, "CoCr": 600.0, "316L": 600.0, "cube": 350.0},
+                   cyl_hardening=0.15, cube_hardening=0.4, cyl_ring=0.01, cube_ring=0.02, cone=True,
+                   scatter=0.1, readout=3.0, texture=0.03, drift=0.05,
+                   extra_pores={"small": 40, "cluster": 4, "surface": 6, "large": 1}),
 }
 
 
@@ -151,6 +164,7 @@ def sample_plan(preset: str | Preset) -> list[dict]:
                 "hardening": pr.cube_hardening if cube else pr.cyl_hardening,
                 "blur": pr.cube_blur if cube else pr.cyl_blur,
                 "ring": pr.cube_ring if cube else pr.cyl_ring,
+                **{k: v for k, v in (("cone", pr.cone), ("scatter", pr.scatter), ("readout", pr.readout)) if v},
             },
         })
     return plan
@@ -170,8 +184,9 @@ def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bo
     ----------
     out_dir : folder (created). If it exists it must be empty, or an earlier porelab dataset (replaced only
         with ``overwrite=True``); anything else raises ``ConfigError`` and is left untouched.
-    preset : ``smoke`` (32×48×48, seconds), ``quick`` (96×128×128, about a minute on 2 cores) or ``paper``
-        (10 µm voxels, big machines only).
+    preset : ``smoke`` (32×48×48, seconds), ``quick`` (96×128×128, about a minute on 2 cores), ``hard``
+        (quick's sizes with cone beam, scatter, starvation, stronger cupping and rings, texture, drift and
+        hard pores: docs/simulator.md, "Hard scans") or ``paper`` (10 µm voxels, big machines only).
     seed : master seed; the same seed gives identical files.
     progress : show a tqdm bar per sample on stderr.
     porosity : target porosity in percent of each part (0.1-2 % is the realistic range); default the
@@ -205,10 +220,12 @@ def _simulate_into(out: Path, pr: Preset, seed: int, porosity: float, progress: 
     for i, plan in enumerate(sample_plan(pr)):
         name, q = plan["name"], plan["quality"]
         ph = make_phantom(plan["dims"], part=plan["shape"], material=plan["material"], porosity=porosity,
-                          seed=np.random.default_rng(seeds[2 * i]))
+                          seed=np.random.default_rng(seeds[2 * i]), texture=pr.texture, drift=pr.drift,
+                          extra_pores=pr.extra_pores)
         rec = scan_phantom(ph.mu, voxel_mm=plan["voxel_mm"], projections=q["projections"],
                            exposure=q["exposure"], hardening=q["hardening"], blur=q["blur"], ring=q["ring"],
-                           seed=int(seeds[2 * i + 1].generate_state(1)[0]))
+                           seed=int(seeds[2 * i + 1].generate_state(1)[0]), cone=bool(q.get("cone")),
+                           scatter=q.get("scatter", 0.0), readout=q.get("readout", 0.0))
         files = {k: f"{name}_{k}.npy" for k in ("scan", "truth", "object")}
         vox = float(plan["voxel_mm"])
         for key, arr in (("scan", rec.astype(np.float32)), ("truth", ph.truth), ("object", ph.object)):
