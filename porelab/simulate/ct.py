@@ -107,8 +107,9 @@ def acquire(p: np.ndarray, *, exposure: float, hardening: float = 0.0, blur: flo
     per-pixel gain errors and Poisson counting at ``exposure`` photons per unattenuated detector pixel
     (steps 2-5 of the module doc). ``readout`` > 0 adds Gaussian electronic noise of that many counts
     (std) and floors the counts at 1 before the log: along long chords through metal the counts
-    ``I0·exp(−p)`` fall to a few photons, the noise there is of the order of the signal and the floor
-    biases ``p̂`` low — photon starvation, the streaks along the longest paths ("metal streaks").
+    ``I0·exp(−p)`` fall to a few photons, the noise there is of the order of the signal, the log of a few
+    noisy counts is biased (high) and capped at ``log I0`` by the floor — photon starvation, the streaks
+    along the longest paths ("metal streaks").
     ``scatter_sigma`` defaults to an eighth of the detector width.
     """
     from scipy.ndimage import gaussian_filter
