@@ -7,19 +7,23 @@ from pathlib import Path
 import numpy as np
 
 
-def model_curves(scans, models: dict, out_dir, *, profile=None) -> list[Path]:
+def model_curves(scans, models: dict, out_dir, *, profile=None, train_scans=None) -> list[Path]:
     """One ``pr_roc_<scan>.png`` per scan in ``out_dir``: every model of ``models`` (label → ``PoreModel``)
-    beside the classical rows (``porelab.baselines``), against the scan's truth inside the part."""
-    from porelab.baselines import NAMES, get_baseline
+    beside every classical row (``porelab.baselines``, fitted on ``train_scans``; default: the cv scans
+    among ``scans``, else all of them), against the scan's truth inside the part."""
+    from porelab.baselines import fit_all
     from porelab.metrics import plot_pr_roc
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if train_scans is None:
+        train_scans = [s for s in scans if s.role == "cv"] or list(scans)
+    rows = fit_all(train_scans, profile)
     paths = []
     for s in scans:
         curves = {label: (model.predict(s.raw), s.truth, s.object) for label, model in models.items()}
-        for name in NAMES:
-            score = get_baseline(name)(s, profile)
+        for name, predict in rows.items():
+            score = predict(s)
             curves["Algorithm 1 labels" if name.startswith("Algorithm 1") else name] = (
                 np.asarray(score, dtype=np.float32), s.truth, s.object)
         png = out_dir / f"pr_roc_{s.name}.png"
