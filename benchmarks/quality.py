@@ -1,10 +1,16 @@
-"""Quality of the registered production models on scans the pipeline never saw.
+"""Quality of the registered production models and of every classical row on scans the pipeline never saw.
 
-Simulates a fresh dataset with another seed (default 12345; the pipeline's default data uses seed 0),
-loads ``models:/porelab-unsupervised@production`` and ``models:/porelab-supervised@production`` BY NAME
-through ``mlflow.pyfunc.load_model`` and prints JSON: voxel-wise AP and ROC-AUC of the pore class inside
-the part (the dataset's object mask), per scan and model, plus the mean over the held-out cylinders and
-the two classical baselines (Algorithm 1 labels as a score, black top-hat).
+Per preset: simulates a fresh dataset with another seed (default 12345; the pipeline's default data uses
+seed 0), loads ``models:/porelab-unsupervised@production`` and ``models:/porelab-supervised@production`` BY
+NAME through ``mlflow.pyfunc.load_model``, fits every registered classical row (``porelab.baselines``) on the
+cv scans of the training dataset (seed ``--train-seed``, default 0: the pipeline's own data, so the rows see
+what the nets saw; their choices are label-free), and prints JSON: voxel-wise AP and ROC-AUC of the pore
+class inside the part (the dataset's object mask), per scan and row, the mean over the unseen cylinders, the
+hard cube, and a markdown table of all rows (``table``).
+
+``--truth-optimal`` also fits every classical row with its choices made against the truth of the training
+scans (the random forest: trained on the truth), to report what the label-free choices cost; ``--no-models``
+skips the registered models (no tracking store needed).
 
 Targets (``quick`` profile): AP ≥ 0.8 on the cylinders, ≥ 0.65 on the hard cube.
 
@@ -21,70 +27,147 @@ import sys
 import time
 from pathlib import Path
 
+TARGETS = {"cv_ap": 0.8, "hard_ap": 0.65}
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="quick", help="simulation preset (smoke | quick | paper)")
-    ap.add_argument("--seed", type=int, default=12345, help="simulation seed (not the pipeline's)")
-    ap.add_argument("--data", default=None, help="reuse this dataset folder instead of simulating")
-    ap.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
-    ap.add_argument("--out", default=None, help="also write the JSON here")
-    args = ap.parse_args(argv)
 
-    import mlflow.pyfunc
-    import numpy as np
-
-    from porelab import tracking
-    from porelab.baselines import baseline_rows
-    from porelab.config import get_profile
-    from porelab.crossval import Context, Scan, load_scans
-    from porelab.metrics import evaluate_scores
+def _dataset(folder, preset: str, seed: int) -> Path:
     from porelab.simulate.dataset import simulate_dataset
 
-    if args.tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    tracking.setup_mlflow(experiment=None)
-    data = Path(args.data) if args.data else Path(f"porelab-quality-{args.preset}-seed{args.seed}")
-    t0 = time.perf_counter()
+    data = Path(folder) if folder else Path(f"porelab-quality-{preset}-seed{seed}")
     if not (data / "manifest.json").is_file():
-        simulate_dataset(data, preset=args.preset, seed=args.seed, progress=False)
-    cv, hard, _ = load_scans(data)
-    scans: list[Scan] = cv + ([hard] if hard is not None else [])
-    result = {"dataset": str(data.resolve()), "preset": args.preset, "seed": args.seed,
-              "tracking_uri": tracking.tracking_uri(), "simulate_seconds": time.perf_counter() - t0,
-              "models": {}}
+        simulate_dataset(data, preset=preset, seed=seed, progress=False)
+    return data
+
+
+def _summary(per_scan: dict) -> dict:
+    import numpy as np
+
+    cyl = [v for v in per_scan.values() if v["role"] == "cv"]
+    hard = [v for v in per_scan.values() if v["role"] != "cv"]
+    return {"scans": per_scan,
+            "cv_mean_ap": float(np.mean([v["ap"] for v in cyl])),
+            "cv_min_ap": float(np.min([v["ap"] for v in cyl])), "cv_max_ap": float(np.max([v["ap"] for v in cyl])),
+            "cv_mean_auc": float(np.mean([v["auc"] for v in cyl])),
+            "hard_ap": hard[0]["ap"] if hard else None, "hard_auc": hard[0]["auc"] if hard else None}
+
+
+def _score_all(predict, scans, threshold=None) -> dict:
+    from porelab.metrics import evaluate_scores
+
+    out = {}
+    for s in scans:
+        m = evaluate_scores(predict(s), s.truth, mask=s.object, threshold=threshold)
+        out[s.name] = {"role": s.role, "ap": m["ap"], "auc": m["auc"], "dice": m["dice"]}
+    return out
+
+
+def registered_models(scans) -> dict:
+    """Both production models by name, scored on ``scans``."""
+    import mlflow.pyfunc
+
+    from porelab import tracking
+
+    out = {}
     for name in ("porelab-unsupervised", "porelab-supervised"):
         uri = f"models:/{name}@production"
         version = tracking.resolve_version(uri)
         model = mlflow.pyfunc.load_model(uri)
         meta = model.metadata.metadata or {}
-        per_scan = {}
         t1 = time.perf_counter()
-        for s in scans:
-            score = model.predict(s.raw)
-            m = evaluate_scores(score, s.truth, mask=s.object, threshold=meta.get("threshold"))
-            per_scan[s.name] = {"role": s.role, "ap": m["ap"], "auc": m["auc"], "dice": m["dice"]}
-        cyl = [v["ap"] for v in per_scan.values() if v["role"] == "cv"]
-        result["models"][name] = {
-            "version": str(version.version), "net": meta.get("net"), "threshold": meta.get("threshold"),
-            "scans": per_scan, "cv_mean_ap": float(np.mean(cyl)),
-            "cv_mean_auc": float(np.mean([v["auc"] for v in per_scan.values() if v["role"] == "cv"])),
-            "hard_ap": per_scan[hard.name]["ap"] if hard is not None else None,
-            "hard_auc": per_scan[hard.name]["auc"] if hard is not None else None,
-            "predict_seconds": time.perf_counter() - t1,
-        }
-    # classical rows on the same scans (every cylinder "held out")
-    ctx = Context(profile=get_profile(args.preset), seed=args.seed, cv=cv, hard=hard, folds=list(range(len(cv))),
-                  workdir=data)
-    result["baselines"] = {
-        k: {"cv_mean_ap": float(np.mean([r["val_ap"] for r in rows])), "hard_ap": rows[0].get("hard_ap")}
-        for k, rows in baseline_rows(ctx).items()}
-    result["targets"] = {"cv_ap": 0.8, "hard_ap": 0.65}
-    text = json.dumps(result, indent=2, default=float)
+        per_scan = _score_all(lambda s, m=model: m.predict(s.raw), scans, threshold=meta.get("threshold"))
+        out[name] = {"version": str(version.version), "net": meta.get("net"), "threshold": meta.get("threshold"),
+                     **_summary(per_scan), "predict_seconds": time.perf_counter() - t1}
+    return out
+
+
+def classical_rows(train, scans, profile, *, seed: int = 0, criterion: str = "alg1") -> dict:
+    """Every registered classical row fitted on ``train`` (choices by ``criterion``), scored on ``scans``."""
+    from porelab.baselines import NAMES, chosen, get_baseline
+
+    out = {}
+    for name in NAMES:
+        t1 = time.perf_counter()
+        pred = get_baseline(name)(train, profile, seed=seed, criterion=criterion)
+        t2 = time.perf_counter()
+        out[name] = {"params": chosen(pred.params), "criterion": criterion, **_summary(_score_all(pred, scans)),
+                     "fit_seconds": t2 - t1, "predict_seconds": time.perf_counter() - t2}
+    return out
+
+
+def markdown(result: dict) -> str:
+    """One line per row: cylinders AP mean (range), AUC; cube AP, AUC; the row's choices."""
+    lines = ["| row | choices by | chosen | cylinders AP, mean (range) | cylinders AUC | cube AP | cube AUC |",
+             "|---|---|---|---|---|---|---|"]
+
+    def line(label, by, params, r):
+        hard = ("n/a", "n/a") if r["hard_ap"] is None else (f"{r['hard_ap']:.3f}", f"{r['hard_auc']:.3f}")
+        lines.append(f"| {label} | {by} | {params} | {r['cv_mean_ap']:.3f} ({r['cv_min_ap']:.3f}-"
+                     f"{r['cv_max_ap']:.3f}) | {r['cv_mean_auc']:.3f} | {hard[0]} | {hard[1]} |")
+
+    for name, r in result.get("models", {}).items():
+        line(f"`{name}` ({r['net']})", "pipeline", f"threshold {r['threshold']}", r)
+    for key, by in (("classical", "label-free"), ("classical_truth_optimal", "truth (training scans)")):
+        for name, r in result.get(key, {}).items():
+            params = ", ".join(f"{k} {v}" for k, v in r["params"].items() if k not in ("skin", "seed", "sigmas"))
+            line(name, by, params, r)
+    return "\n".join(lines)
+
+
+def run_preset(preset: str, args) -> dict:
+    from porelab.config import get_profile
+    from porelab.crossval import load_scans
+
+    t0 = time.perf_counter()
+    data = _dataset(args.data if args.data else None, preset, args.seed)
+    train_data = _dataset(args.train_data if args.train_data else None, preset, args.train_seed)
+    cv, hard, _ = load_scans(data)
+    scans = cv + ([hard] if hard is not None else [])
+    train, _, _ = load_scans(train_data, hard=False)
+    profile = get_profile(preset) if preset in ("smoke", "quick", "paper") else get_profile("quick")
+    result = {"dataset": str(data.resolve()), "train_dataset": str(train_data.resolve()), "preset": preset,
+              "seed": args.seed, "train_seed": args.train_seed, "data_seconds": time.perf_counter() - t0}
+    if args.models:
+        from porelab import tracking
+
+        result["tracking_uri"] = tracking.tracking_uri()
+        result["models"] = registered_models(scans)
+    result["classical"] = classical_rows(train, scans, profile, seed=args.train_seed)
+    if args.truth_optimal:
+        result["classical_truth_optimal"] = classical_rows(train, scans, profile, seed=args.train_seed,
+                                                           criterion="truth")
+    result["targets"] = dict(TARGETS)
+    result["table"] = markdown(result)
+    return result
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", nargs="+", default=["quick"], help="simulation presets (smoke | quick | paper)")
+    ap.add_argument("--seed", type=int, default=12345, help="simulation seed of the unseen scans")
+    ap.add_argument("--train-seed", type=int, default=0, help="simulation seed of the classical rows' training scans")
+    ap.add_argument("--data", default=None, help="reuse this dataset folder for the unseen scans (one preset)")
+    ap.add_argument("--train-data", default=None, help="reuse this dataset folder for the training scans")
+    ap.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
+    ap.add_argument("--no-models", dest="models", action="store_false", help="classical rows only")
+    ap.add_argument("--truth-optimal", action="store_true", help="also the rows with truth-made choices")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    if (args.data or args.train_data) and len(args.preset) > 1:
+        ap.error("--data/--train-data name one dataset: give one --preset")
+    if args.models:
+        from porelab import tracking
+
+        if args.tracking_uri:
+            os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+        tracking.setup_mlflow(experiment=None)
+    results = {p: run_preset(p, args) for p in args.preset}
+    for p, r in results.items():
+        print(f"## {p}\n\n{r['table']}\n", file=sys.stderr)
+    text = json.dumps(results, indent=2, default=float)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    return result
+    return results
 
 
 if __name__ == "__main__":
