@@ -126,8 +126,9 @@ def summarise(mask, *, spacing=(1.0, 1.0, 1.0), object_mask=None, volume=None, t
 
 
 def write_report(mask, out_dir, *, volume=None, spacing=None, object_mask=None, score=None,
-                 parameters: dict | None = None, progress: bool = False) -> dict:
-    """Write ``pores.csv``, ``summary.json``, ``size_histogram.png`` and ``overlay.png`` into ``out_dir``.
+                 parameters: dict | None = None, progress: bool = False, title: str | None = None) -> dict:
+    """Write ``pores.csv``, ``summary.json``, ``size_histogram.png``, ``overlay.png`` and ``report.html`` (the
+    whole report as one self-contained page, :mod:`porelab.reporting.html`) into ``out_dir``.
 
     Parameters
     ----------
@@ -142,6 +143,8 @@ def write_report(mask, out_dir, *, volume=None, spacing=None, object_mask=None, 
         See :func:`pore_table` and :func:`summarise`.
     parameters : dict, optional
         Extra provenance stored in ``summary.json`` (threshold, model, …).
+    title : str, optional
+        Heading of ``report.html``; default the scan file's name (a :class:`porelab.io.Volume` read from a file).
 
     Returns
     -------
@@ -176,6 +179,11 @@ def write_report(mask, out_dir, *, volume=None, spacing=None, object_mask=None, 
         summary["porosity_reference"] = "watertight object from the scan (Algorithm 1 steps 6-8)"
     hist_png = _histogram_png(table, "mm" if known else "voxel")
     overlay_png = _overlay_png(m, scan, summary["largest_pore"], spacing)
+    from porelab.reporting.html import render_html, write_page
+
+    if title is None and isinstance(volume, Volume) and volume.path is not None:
+        title = Path(volume.path).name
+    page = render_html(summary, table, scan=scan, mask=m, spacing=spacing, title=title)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,6 +196,7 @@ def write_report(mask, out_dir, *, volume=None, spacing=None, object_mask=None, 
     for name, data in (("size_histogram.png", hist_png), ("overlay.png", overlay_png)):
         with atomic_path(out / name) as tmp:
             tmp.write_bytes(data)
+    write_page(out, page)
     return summary
 
 
