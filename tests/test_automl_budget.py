@@ -83,6 +83,14 @@ def test_the_supervised_deadline_moves_with_measured_costs():
     assert tail_estimate(register=5, score_per_scan=3, summary_scans=8, heuristic=100, fallback=90) == 129
 
 
+@pytest.fixture
+def no_mlflow(monkeypatch):
+    """The epoch hook's MLflow logging replaced by nothing: these tests are about reports and pruning."""
+    from porelab import tracking
+
+    monkeypatch.setattr(tracking, "log_metrics", lambda *a, **k: None)
+
+
 def _ctx(profile="smoke") -> Context:
     return Context(get_profile(profile), 0, [], None, [0, 1], None)
 
@@ -91,18 +99,15 @@ def _losses(ref: float) -> dict:
     return {"train_loss": ref, "val_loss": ref, "val_ref": ref, "seconds": 1.0}
 
 
-def test_epoch_reports_are_monotone_steps_across_folds(mlflow_env):
-    import mlflow
-
+def test_epoch_reports_are_monotone_steps_across_folds(no_mlflow):
     ctx = _ctx()
     max_epochs = ctx.profile.unsupervised.max_epochs
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     trial = study.ask()
     hooks = tracked_folds(ctx, "cevae", trial, clock=StudyClock(None))
-    with mlflow.start_run():
-        for fold in ctx.folds:
-            for epoch in range(max_epochs):
-                hooks.epoch(fold, epoch, _losses(0.5 - 0.01 * (fold * max_epochs + epoch)))
+    for fold in ctx.folds:
+        for epoch in range(max_epochs):
+            hooks.epoch(fold, epoch, _losses(0.5 - 0.01 * (fold * max_epochs + epoch)))
     steps = sorted(study.trials[0].intermediate_values)
     assert steps == list(range(len(ctx.folds) * max_epochs))
     # the reported value is −val_ref: higher is better in a maximising study
@@ -110,11 +115,9 @@ def test_epoch_reports_are_monotone_steps_across_folds(mlflow_env):
 
 
 @pytest.mark.parametrize("has_complete", [True, False])
-def test_a_trial_running_past_the_deadline_is_pruned_or_shortened(mlflow_env, has_complete):
+def test_a_trial_running_past_the_deadline_is_pruned_or_shortened(no_mlflow, has_complete):
     """Past the study's deadline: pruned after the current epoch when the study has a complete trial;
     else (nothing to register yet) the fold is told to stop after this epoch."""
-    import mlflow
-
     clock = FakeClock()
     end = clock.t + 10
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
@@ -122,19 +125,47 @@ def test_a_trial_running_past_the_deadline_is_pruned_or_shortened(mlflow_env, ha
         study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
     trial = study.ask()
     hooks = tracked_folds(_ctx(), "cevae", trial, clock=StudyClock(lambda: end, clock=clock))
-    with mlflow.start_run():
-        losses = _losses(0.3)
-        hooks.epoch(0, 0, losses)                        # before the deadline: nothing happens
-        assert "stop" not in losses
-        clock.t = end + 1
-        losses = _losses(0.3)
-        if has_complete:
-            with pytest.raises(optuna.TrialPruned, match="deadline"):
-                hooks.epoch(0, 1, losses)
-            assert trial.user_attrs["pruned_by"] == "deadline"
-        else:
+    losses = _losses(0.3)
+    hooks.epoch(0, 0, losses)                            # before the deadline: nothing happens
+    assert "stop" not in losses
+    clock.t = end + 1
+    losses = _losses(0.3)
+    if has_complete:
+        with pytest.raises(optuna.TrialPruned, match="deadline"):
             hooks.epoch(0, 1, losses)
-            assert losses["stop"] is True and trial.user_attrs["stopped_by_deadline"]
+        assert trial.user_attrs["pruned_by"] == "deadline"
+    else:
+        hooks.epoch(0, 1, losses)
+        assert losses["stop"] is True and trial.user_attrs["stopped_by_deadline"]
+
+
+def test_successive_halving_prunes_a_flat_learning_curve_at_its_first_rung(no_mlflow):
+    """The per-epoch hook and the profile's pruner (successive halving, first rung at step 1): a trial
+    whose validation loss does not move (e.g. a learning rate of 1e-9) is pruned after its second epoch,
+    against a first trial whose loss fell. (The same with real training: tests/test_search_budget.py.)"""
+    import mlflow
+
+    ctx = _ctx()
+    ctx.profile = ctx.profile.replace(unsupervised=ctx.profile.train_config("cevae", max_epochs=4))
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(ctx.profile, 4))
+    curves = {0: [0.50, 0.30, 0.25, 0.22], 1: [0.50, 0.50, 0.50, 0.50]}
+    epochs_run = {}
+    for number, curve in curves.items():
+        trial = study.ask()
+        hooks = tracked_folds(ctx, "cevae", trial)
+        epochs_run[number] = 0
+        try:
+            for fold in ctx.folds:
+                for epoch, ref in enumerate(curve):
+                    epochs_run[number] += 1
+                    hooks.epoch(fold, epoch, _losses(ref - 0.01 * fold))
+            study.tell(trial, 0.8)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    good, bad = study.trials
+    assert good.state.name == "COMPLETE" and epochs_run[0] == 8
+    assert bad.state.name == "PRUNED" and epochs_run[1] == 2 and sorted(bad.intermediate_values) == [0, 1]
+    assert bad.user_attrs["pruned_by"] == "pruner"
 
 
 def test_fit_stops_when_the_epoch_hook_asks():
@@ -142,7 +173,7 @@ def test_fit_stops_when_the_epoch_hook_asks():
     from porelab.train import Sample, fit
 
     prof = get_profile("smoke")
-    cfg = prof.train_config("vae", max_epochs=3)
+    cfg = prof.train_config("vae", max_epochs=3, samples_per_volume=4, val_patches=4, queue_length=8)
     rng = np.random.default_rng(0)
     scans = [Sample(rng.random((32, 32, 32), dtype=np.float32), None, f"s{i}") for i in range(2)]
     seen = []

@@ -33,8 +33,9 @@ def smoke_search(smoke_dataset, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
         mp.chdir(tmp)
+        # no time budget here: one trial per study (the smoke cap), whatever the machine's load
         summary = pipeline.run_search("smoke", data=str(smoke_dataset.root),
-                                      storage=f"sqlite:///{tmp / 'optuna.db'}", seed=0)
+                                      storage=f"sqlite:///{tmp / 'optuna.db'}", seed=0, time_budget="none")
         yield {"summary": summary, "dir": tmp}
 
 
@@ -106,6 +107,61 @@ def test_search_logs_tables_and_plots_on_the_parent_run(smoke_search, smoke_data
     md = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="tables/summary.md",
                                                   dst_path=str(smoke_search["dir"] / "dl"))).read_text()
     assert "black top-hat" in md and "Algorithm 1 labels (as score)" in md and "cevae" in md
+
+
+def test_search_run_is_named_in_the_project_experiment_marked_as_model_training(smoke_search):
+    """The MLflow UI: experiment `porelab` tagged as model training (MLflow 3 opens it on its runs), the
+    parent run named after profile, study and seed, the headline metrics in the runs table."""
+    client = mlflow.MlflowClient()
+    run = client.get_run(smoke_search["summary"]["run_id"])
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "porelab" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.run_name == "smoke-porelab-seed0"
+    m = run.data.metrics
+    assert {"unsupervised_val_ap", "unsupervised_val_ap_pp", "unsupervised_test_ap", "unsupervised_test_ap_pp",
+            "supervised_val_ap", "supervised_test_ap", "cost_seconds"} <= set(m)
+    assert 0 <= m["unsupervised_val_ap_pp"] <= 1 and m["cost_seconds"] > 0
+    assert {"spent_seconds_data", "spent_seconds_study_unsupervised", "spent_seconds_pseudo_labels",
+            "spent_seconds_study_supervised", "spent_seconds_summary"} <= set(m)
+
+
+def test_search_leaderboard_has_one_row_per_architecture_tried(smoke_search):
+    import json
+
+    client = mlflow.MlflowClient()
+    run_id = smoke_search["summary"]["run_id"]
+    assert {"leaderboard.json", "leaderboard.csv", "leaderboard.md"} <= {a.path for a in client.list_artifacts(run_id)}
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="leaderboard.json", dst_path=str(smoke_search["dir"] / "lb"))).read_text())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    # smoke tries one architecture per family: ceVAE and UNet
+    assert sorted((r["family"], r["net"]) for r in rows) == [("supervised", "unet"), ("unsupervised", "cevae")]
+    for r in rows:
+        assert 0 <= r["val_ap"] <= 1 and r["val_ap_ci95"] is not None and r["seconds"] > 0
+    metrics = client.get_run(run_id).data.metrics
+    assert "lb_unsupervised_cevae_val_ap_pp" in metrics and "lb_supervised_unet_test_ap" in metrics
+    optuna_arts = {a.path for a in client.list_artifacts(run_id, "optuna")}
+    assert {"optuna/unsupervised_intermediate_values.png", "optuna/supervised_intermediate_values.png"} <= optuna_arts
+    csv = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="optuna/unsupervised_trials.csv",
+                                                   dst_path=str(smoke_search["dir"] / "tr"))).read_text()
+    header = csv.splitlines()[0].split(",")
+    assert {"number", "state", "value", "seconds", "epochs_reported", "stopped_by"} <= set(header)
+
+
+def test_search_reports_every_epoch_at_monotone_steps(smoke_search, smoke_dataset):
+    """One intermediate value per epoch at step fold index × max_epochs + epoch."""
+    import optuna
+
+    prof = pipeline.get_profile("smoke")
+    storage = f"sqlite:///{smoke_search['dir'] / 'optuna.db'}"
+    n_folds = len(make_context("smoke", smoke_dataset.root, 0).folds)
+    for kind in ("unsupervised", "supervised"):
+        study = optuna.load_study(study_name=f"porelab-{kind}", storage=storage)
+        max_epochs = getattr(prof, kind).max_epochs
+        for t in study.trials:
+            steps = sorted(t.intermediate_values)
+            assert steps and steps == sorted(set(steps)) and steps[-1] < n_folds * max_epochs
+            assert {s // max_epochs for s in steps} == set(range(n_folds))      # every fold reported
 
 
 def test_segment_cli_by_registered_name(smoke_search, smoke_dataset):
