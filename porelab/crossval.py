@@ -2,7 +2,10 @@
 
 A dataset's ``cv`` scans are the cross-validation scans, leave one out: with k = ``profile.folds`` below
 their number, the first k are held out in turn and every fold trains on all the others. The ``hard`` scan
-(the challenging test scan) is scored on every fold and never trained on.
+(the dataset's first ``test`` scan: the challenging one) is scored on every fold and never trained on.
+
+Labels are optional (a dataset of the user's own scans may have none): ``Scan.truth`` is then None, the
+metrics against it are not computed, and decisions fall back to Algorithm 1 labels (``Scan.alg1``).
 
 Decisions are label-free where the design note asks for it, except where stated: a fold's decision threshold
 is F1-optimal on its held-out scan against the labels given (supervised nets: their training labels) or the
@@ -35,12 +38,13 @@ METRIC_KEYS = ("ap", "auc", "dice")
 # ------------------------------------------------------------------------------------------------ data
 @dataclass
 class Scan:
-    """One scan in memory: raw grey values, normalised copy, truth, object mask, Algorithm 1 labels."""
+    """One scan in memory: raw grey values, normalised copy, truth (the dataset's labels; None when it has
+    none), object mask (the dataset's, else Algorithm 1 steps 6-8), Algorithm 1 labels."""
 
     name: str
     raw: np.ndarray
     scan: np.ndarray
-    truth: np.ndarray
+    truth: np.ndarray | None
     object: np.ndarray
     alg1: np.ndarray
     role: str = "cv"
@@ -67,24 +71,28 @@ def load_scans(data_dir, *, hard: bool = True) -> tuple[list[Scan], Scan | None,
 
     The normalisation is ``Normalisation.fit(scan)`` without a mask, exactly what ``PoreModel.predict``
     refits on every scan it scores, so training and inference see the same grey levels. Cross-validation
-    needs at least 2 cv scans (``ConfigError`` otherwise).
+    needs at least 2 cv scans (``ConfigError`` otherwise). A scan without labels gets ``truth=None``; without
+    an object mask file, the object of the same Algorithm 1 pass that gives ``alg1``. ``hard`` is the first
+    test scan.
     """
-    from porelab.labels import heuristic_labels
+    from porelab.dataset import load_manifest
+    from porelab.labels import run_algorithm1
     from porelab.normalise import Normalisation
-    from porelab.simulate.dataset import load_manifest
 
     ds = load_manifest(data_dir)
     if len(ds.cv) < 2:
         raise ConfigError(f"{data_dir}: cross-validation needs at least 2 cv scans, found {len(ds.cv)}")
 
     def make(info) -> Scan:
-        raw, truth, obj = info.load(mmap=False)
+        raw, truth, obj = info.load(mmap=False, derive_object=False)
         raw = np.ascontiguousarray(raw, dtype=np.float32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            alg1 = heuristic_labels(raw)
-        return Scan(info.name, raw, Normalisation.fit(raw).apply(raw), np.asarray(truth) > 0,
-                    np.asarray(obj) > 0, np.asarray(alg1, bool), info.role)
+            alg1 = run_algorithm1(raw)
+        obj = alg1.object if obj is None else np.asarray(obj) > 0
+        return Scan(info.name, raw, Normalisation.fit(raw).apply(raw),
+                    None if truth is None else np.asarray(truth) > 0, obj, np.asarray(alg1.pores, bool),
+                    info.role)
 
     cv = [make(i) for i in ds.cv]
     hard_scan = make(ds.hard) if hard and ds.hard is not None else None
@@ -100,8 +108,11 @@ def make_context(profile, data_dir, seed: int = 0, *, workdir=None, progress: bo
     """
     prof = get_profile(profile)
     root = Path(data_dir)
-    cv, hard_scan, _ = load_scans(root, hard=hard)
+    cv, hard_scan, ds = load_scans(root, hard=hard)
     notes = []
+    if hard and len(ds.test) > 1:
+        notes.append(f"{len(ds.test)} test scans: {ds.test[0].name} is scored as the hard scan, "
+                     f"{', '.join(s.name for s in ds.test[1:])} are not used here")
     if folds is not None:
         folds = [int(f) % len(cv) for f in folds]
     else:
@@ -118,8 +129,13 @@ def make_context(profile, data_dir, seed: int = 0, *, workdir=None, progress: bo
 
 def label_source(ctx: Context, labels) -> dict[str, np.ndarray]:
     """Training labels per cv scan: ``"truth"``, ``"alg1"`` (``"heuristic"``: Algorithm 1), or a folder of
-    ``<scan>_pseudo.npy`` / ``<scan>.npy`` files (as ``porelab pseudolabel`` writes)."""
+    ``<scan>_pseudo.npy`` / ``<scan>.npy`` files (as ``porelab pseudolabel`` writes). ``"truth"`` on a
+    dataset whose cv scans lack labels is a ``ConfigError``."""
     if labels == "truth":
+        missing = [s.name for s in ctx.cv if s.truth is None]
+        if missing:
+            raise ConfigError(f"{ctx.dataset_root}: cv scans without labels: {', '.join(missing)}; train on "
+                              "Algorithm 1 labels (heuristic) or pseudo-labels instead")
         return {s.name: s.truth for s in ctx.cv}
     if labels in ("alg1", "heuristic"):
         return {s.name: s.alg1 for s in ctx.cv}
@@ -161,12 +177,13 @@ def default_net_kwargs(profile: Profile, net: str, scale: float | None = None) -
 def evaluate(score: np.ndarray, scan: Scan, prefix: str, suffix: str = "",
              threshold: float | None = None) -> dict:
     """``{prefix}_ap{suffix}``, ``_auc``, ``_dice`` vs the truth and ``…_alg1`` vs Algorithm 1 labels,
-    counted inside the part. Dice at ``threshold`` (the model's), else at the F1-optimal threshold."""
+    counted inside the part (a scan without truth: only the latter). Dice at ``threshold`` (the model's),
+    else at the F1-optimal threshold."""
     from porelab.metrics import evaluate_scores
 
     out = {}
     for family, labels in (("", scan.truth), ("_alg1", scan.alg1)):
-        if not labels[scan.object].any():
+        if labels is None or not labels[scan.object].any():
             continue
         m = evaluate_scores(score, labels, mask=scan.object, threshold=threshold)
         for k in METRIC_KEYS:
@@ -244,7 +261,8 @@ def score_fold(ctx: Context, model, fold: int, *, threshold_labels: dict[str, np
     ``threshold_labels`` when given (supervised nets: their training labels); else against
     ``profile.labels.threshold_labels``: ``"truth"`` (the held-out scan's truth mask) or ``"alg1"``
     (Algorithm 1 labels: no truth needed, but on the simulated scans those labels reach a Dice of only
-    ≈ 0.16 against the truth, so the threshold they give is poor). Never the hard scan. A threshold that
+    ≈ 0.16 against the truth, so the threshold they give is poor; a held-out scan without truth falls back
+    to them). Never the hard scan. Curves are kept for scans with truth only. A threshold that
     labels more than ``labels.max_label_fraction`` of the part is clamped (:func:`clamp_threshold`).
     Unsupervised nets score every residual of ``search.residuals`` from one reconstruction and keep the
     one with the best post-processed AP on the held-out scan.
@@ -264,7 +282,8 @@ def score_fold(ctx: Context, model, fold: int, *, threshold_labels: dict[str, np
             scores[prefix] = (model.predict(s.raw, progress=False),)
     if threshold_labels is not None:
         ref = threshold_labels[val.name]
-    elif ctx.profile.labels.threshold_labels == "alg1" or not val.truth[val.object].any():
+    elif (ctx.profile.labels.threshold_labels == "alg1" or val.truth is None
+          or not val.truth[val.object].any()):
         ref = val.alg1
     else:
         ref = val.truth
@@ -286,11 +305,13 @@ def score_fold(ctx: Context, model, fold: int, *, threshold_labels: dict[str, np
         if unsup:
             metrics.update(evaluate(sc[0], s, prefix, threshold=None))
             metrics.update(evaluate(sc[1], s, prefix, "_pp", threshold=model.threshold))
-            curves[f"{prefix} raw"] = (sc[0], s.truth, s.object)
-            curves[f"{prefix} post-processed"] = (sc[1], s.truth, s.object)
+            if s.truth is not None:
+                curves[f"{prefix} raw"] = (sc[0], s.truth, s.object)
+                curves[f"{prefix} post-processed"] = (sc[1], s.truth, s.object)
         else:
             metrics.update(evaluate(sc[0], s, prefix, threshold=model.threshold))
-            curves[prefix] = (sc[0], s.truth, s.object)
+            if s.truth is not None:
+                curves[prefix] = (sc[0], s.truth, s.object)
     metrics["threshold"] = float(model.threshold)
     return metrics, curves
 

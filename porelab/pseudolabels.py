@@ -35,7 +35,7 @@ def pseudo_labels(scans: Sequence, predict: Callable[[np.ndarray], np.ndarray], 
     stats : dict
         Scan name → ``role``, ``porosity_percent`` (labelled voxels / part), ``true_porosity_percent``,
         ``pore_count`` (6-connected components), ``dice_vs_truth``, ``dice_vs_alg1`` and
-        ``alg1_dice_vs_truth`` (all inside the part).
+        ``alg1_dice_vs_truth`` (all inside the part; those against the truth NaN when ``scan.truth`` is None).
     """
     from scipy import ndimage
 
@@ -51,13 +51,16 @@ def pseudo_labels(scans: Sequence, predict: Callable[[np.ndarray], np.ndarray], 
         mask = suppress_small((score >= threshold) & s.object, min_voxels=int(min_voxels),
                               min_extent=int(min_extent))
         n_obj = int(s.object.sum())
+        truth = s.truth
+        nan = float("nan")    # a scan without truth: the statistics against it are NaN
         stats[s.name] = {
             "role": s.role, "porosity_percent": 100.0 * int(mask.sum()) / max(n_obj, 1),
-            "true_porosity_percent": 100.0 * int((s.truth & s.object).sum()) / max(n_obj, 1),
+            "true_porosity_percent": nan if truth is None else 100.0 * int((truth & s.object).sum()) / max(n_obj, 1),
             "pore_count": int(ndimage.label(mask)[1]),
-            "dice_vs_truth": float(dice(mask.astype(np.float32), s.truth, 0.5, mask=s.object)),
+            "dice_vs_truth": nan if truth is None else float(dice(mask.astype(np.float32), truth, 0.5, mask=s.object)),
             "dice_vs_alg1": float(dice(mask.astype(np.float32), s.alg1, 0.5, mask=s.object)),
-            "alg1_dice_vs_truth": float(dice(s.alg1.astype(np.float32), s.truth, 0.5, mask=s.object)),
+            "alg1_dice_vs_truth": (nan if truth is None
+                                   else float(dice(s.alg1.astype(np.float32), truth, 0.5, mask=s.object))),
         }
         if s.role == "cv":
             labels[s.name] = mask

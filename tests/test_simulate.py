@@ -186,9 +186,9 @@ def test_smoke_dataset_layout_and_round_trip(smoke_dataset):
     assert [s.material for s in ds.cv] == ["Ti6Al4V", "CoCr", "CoCr", "316L", "316L"]
     assert ds.hard.name == "cube" and ds.hard.material == "316L" and ds.hard.shape == "cube"
     manifest = json.loads((ds.root / "manifest.json").read_text())
-    assert manifest["format"] == "porelab-dataset/1" and manifest["preset"] == "smoke"
+    assert manifest["format"] == "porelab-dataset/2" and manifest["preset"] == "smoke"
     for s, raw in zip(ds.samples, manifest["samples"]):
-        assert s.scan.is_absolute() and not raw["scan"].startswith("/")
+        assert s.scan.is_absolute() and not raw["path"].startswith("/") and raw["role"] == s.role
         assert set(raw["quality"]) >= {"projections", "exposure", "hardening", "blur", "ring"}
         scan, truth, obj = s.load()
         assert scan.dtype == np.float32 and truth.dtype == np.uint8 and obj.dtype == np.uint8

@@ -20,13 +20,14 @@ MASK_FORMATS = ("npy", "tif", "nii.gz", "mha", "nrrd")
 # ---------------------------------------------------------------------------------------------------------------
 @click.command("train")
 @click.option("--data", "data", required=True, type=click.Path(), help="Dataset folder with manifest.json "
-              "(from `porelab simulate`).")
+              "(from `porelab dataset` or `porelab simulate`).")
 @click.option("--net", "net_name", required=True, type=click.Choice(NAMES), help="Network to train.")
 @click.option("-o", "--output", "output", required=True, type=click.Path(), help="Model folder to write.")
 @click.option("--profile", default="quick", show_default=True, help="smoke | quick | paper: sizes and budgets.")
 @click.option("--labels", type=click.Choice(["heuristic", "truth"]), default="heuristic", show_default=True,
               help="Labels for supervised training and for choosing the threshold: Algorithm 1 heuristic "
-              "labels of each scan, or the dataset's exact truth.")
+              "labels of each scan, or the dataset's labels (a simulation's exact truth; every cv scan needs "
+              "them).")
 @click.option("--scale", type=float, default=None, help="Width multiplier of the net (default: the profile's).")
 @click.option("--max-epochs", type=int, default=None, help="Override the profile's epoch budget.")
 @click.option("--seed", type=int, default=0, show_default=True, help="One seed for numpy, torch and TorchIO.")
@@ -83,6 +84,7 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
                "best_epoch": history["best_epoch"], "threshold": model.threshold,
                "threshold_policy": model.meta["threshold_policy"], "val_ap": metrics.get("val_ap"),
                "val_auc": metrics.get("val_auc"), "val_dice": metrics.get("val_dice"),
+               "val_ap_alg1": metrics.get("val_ap_alg1"),
                "seconds": round(time.perf_counter() - t0, 1)}
     click.echo(json.dumps(summary, indent=2, default=float))
 

@@ -166,7 +166,7 @@ def _manifest_entry(scan: Path) -> dict | None:
     try:
         data = json.loads(mpath.read_text())
         for s in data.get("samples", []):
-            if (scan.parent / s["scan"]).resolve() == scan.resolve():
+            if (scan.parent / s.get("path", s.get("scan", ""))).resolve() == scan.resolve():  # format 2, 1
                 return s
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -1,22 +1,20 @@
 """The simulated dataset in the layout of Iuso et al. (2024): five cylinders (the cross-validation set: one
 Ti6Al4V, two CoCr, two 316L, scanned for comparable quality) and one hard 316L cube (fewer projections, lower
 exposure, stronger beam hardening, rings), each with its exact truth and object masks, and ``manifest.json``
-(format ``porelab-dataset/1``, see ``docs/contracts.md``).
+(format ``porelab-dataset/2``, the truth as each scan's labels; :mod:`porelab.dataset` reads and writes the
+manifests, its names are re-exported here).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from porelab.errors import ConfigError, ScanError
+from porelab.dataset import FORMAT, Dataset, SampleInfo, entry, load_manifest
+from porelab.errors import ConfigError
 from porelab.io import atomic_path, prepare_output, write_json
-
-FORMAT = "porelab-dataset/1"
 
 # name, role, part, material, relative exposure (comparable quality: each material's photon count is set for
 # a similar contrast-to-noise ratio, as the paper's operators did; a little spread between the samples)
@@ -26,7 +24,7 @@ SAMPLES = [
     ("cyl3", "cv", "cylinder", "CoCr", 1.10),
     ("cyl4", "cv", "cylinder", "316L", 1.00),
     ("cyl5", "cv", "cylinder", "316L", 0.90),
-    ("cube", "hard", "cube", "316L", 1.00),
+    ("cube", "test", "cube", "316L", 1.00),
 ]
 
 
@@ -89,56 +87,6 @@ PRESETS: dict[str, Preset] = {
                    scatter=0.1, readout=3.0, texture=0.03, drift=0.05,
                    extra_pores={"small": 40, "cluster": 4, "surface": 6, "large": 1}),
 }
-
-
-@dataclass(frozen=True)
-class SampleInfo:
-    """One scan of a dataset (paths absolute after :func:`load_manifest`)."""
-
-    name: str
-    role: str
-    shape: str
-    material: str
-    scan: Path
-    truth: Path
-    object: Path
-    spacing: tuple[float, float, float]
-    quality: dict
-    porosity_percent: float
-    pore_count: int = 0
-    pores: Path | None = None
-
-    def load(self, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(scan float32, truth uint8, object uint8), memory-mapped by default."""
-        mode = "r" if mmap else None
-        return (np.load(self.scan, mmap_mode=mode), np.load(self.truth, mmap_mode=mode),
-                np.load(self.object, mmap_mode=mode))
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A simulated (or user-described) dataset: ``samples`` in manifest order."""
-
-    root: Path
-    samples: list[SampleInfo]
-    preset: str | None = None
-    seed: int | None = None
-
-    @property
-    def cv(self) -> list[SampleInfo]:
-        """The cross-validation scans (the cylinders)."""
-        return [s for s in self.samples if s.role == "cv"]
-
-    @property
-    def hard(self) -> SampleInfo | None:
-        """The hard test scan (the cube), or None."""
-        return next((s for s in self.samples if s.role == "hard"), None)
-
-    def __getitem__(self, name: str) -> SampleInfo:
-        for s in self.samples:
-            if s.name == name:
-                return s
-        raise KeyError(name)
 
 
 def get_preset(name: str) -> Preset:
@@ -234,97 +182,18 @@ def _simulate_into(out: Path, pr: Preset, seed: int, porosity: float, progress: 
             "name": name, "material": plan["material"], "shape": plan["shape"], "voxel_mm": vox,
             "porosity_percent": ph.porosity_percent, "pores": ph.pores,
         })
-        entries.append({
-            "name": name, "role": plan["role"], "shape": plan["shape"], "material": plan["material"],
-            "scan": files["scan"], "truth": files["truth"], "object": files["object"],
-            "pores": f"{name}_pores.json",
-            "spacing": [vox, vox, vox], "quality": q,
-            "porosity_percent": round(ph.porosity_percent, 4), "pore_count": len(ph.pores),
-            "dims": list(rec.shape),
-        })
+        entries.append(entry(
+            name, plan["role"], files["scan"], shape=rec.shape, dtype="float32", spacing=(vox, vox, vox),
+            labels=files["truth"], obj=files["object"], root=out, part=plan["shape"], material=plan["material"],
+            quality=q, porosity_percent=round(ph.porosity_percent, 4), pore_count=len(ph.pores),
+            pores=f"{name}_pores.json"))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return write_json(out / "manifest.json", {"format": FORMAT, "preset": pr.name, "seed": int(seed),
-                                              "samples": entries})
+    return write_json(out / "manifest.json", {"format": FORMAT, "created_by": "porelab simulate",
+                                              "preset": pr.name, "seed": int(seed), "samples": entries})
 
 
-def load_manifest(path_or_dir) -> Dataset:
-    """Read a dataset's ``manifest.json`` (or the folder holding it) into a :class:`Dataset`.
-
-    Raises ``ScanError`` (one line, naming the file) when the manifest is missing, not JSON, of another
-    format, lacks a field, lists a file that does not exist, or a file whose shape is not the sample's
-    (``dims`` in the manifest, else the scan's): the files of one dataset mixed with another's.
-    """
-    p = Path(path_or_dir)
-    mpath = p / "manifest.json" if p.is_dir() else p
-    if not mpath.is_file():
-        raise ScanError(f"{mpath}: no dataset manifest here (create one with `porelab simulate {p}`)")
-    try:
-        data = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScanError(f"{mpath}: not a readable JSON manifest ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ScanError(f"{mpath}: unknown manifest format {fmt!r} (expected {FORMAT!r})")
-    root = mpath.parent.resolve()
-    samples = []
-    raw = data.get("samples")
-    if not isinstance(raw, list) or not raw:
-        raise ScanError(f"{mpath}: manifest lists no samples")
-    for k, s in enumerate(raw):
-        try:
-            name = str(s["name"])
-            role = str(s["role"])
-            if role not in ("cv", "hard"):
-                raise ValueError(f"role {role!r} is not 'cv' or 'hard'")
-            paths = {}
-            for key in ("scan", "truth", "object"):
-                fp = Path(s[key])
-                fp = fp if fp.is_absolute() else root / fp
-                if not fp.is_file():
-                    raise ScanError(f"{mpath}: sample {name!r} lists {key} file {fp}, which does not exist")
-                paths[key] = fp
-            _check_shapes(mpath, name, paths, s.get("dims"))
-            pores = s.get("pores")
-            pores = (root / pores) if pores and not Path(pores).is_absolute() else (Path(pores) if pores else None)
-            spacing = tuple(float(v) for v in s["spacing"])
-            if len(spacing) != 3 or min(spacing) <= 0 or not all(math.isfinite(v) for v in spacing):
-                raise ValueError(f"spacing {s['spacing']} is not three positive numbers")
-            samples.append(SampleInfo(
-                name=name, role=role, shape=str(s["shape"]), material=str(s["material"]),
-                scan=paths["scan"], truth=paths["truth"], object=paths["object"], spacing=spacing,
-                quality=dict(s.get("quality", {})), porosity_percent=float(s.get("porosity_percent", float("nan"))),
-                pore_count=int(s.get("pore_count", 0)), pores=pores,
-            ))
-        except ScanError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise ScanError(f"{mpath}: sample #{k + 1} is invalid: {what}") from None
-    return Dataset(root=root, samples=samples, preset=data.get("preset"), seed=data.get("seed"))
-
-
-def _npy_shape(path: Path, mpath: Path) -> tuple[int, ...]:
-    """The shape in a ``.npy`` file's header (nothing else is read)."""
-    try:
-        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape  # memory-mapped: only the header is read
-    except (OSError, ValueError, EOFError) as exc:
-        raise ScanError(f"{mpath}: {path} is not a readable .npy file ({' '.join(str(exc).split())[:120]})") from None
-    return tuple(int(v) for v in shape)
-
-
-def _check_shapes(mpath: Path, name: str, paths: dict, dims) -> None:
-    """Every file of a sample has the manifest's ``dims`` (when listed), else the scan's shape."""
-    expected = tuple(int(v) for v in dims) if isinstance(dims, (list, tuple)) and dims else None
-    for key in ("scan", "truth", "object"):
-        fp = paths[key]
-        if fp.suffix.lower() != ".npy":
-            continue
-        found = _npy_shape(fp, mpath)
-        if expected is None:
-            expected = found
-        elif found != expected:
-            raise ScanError(f"{mpath}: sample {name!r} {key} file {fp} has shape {list(found)}, the manifest "
-                            f"expects {list(expected)} (files of another dataset?)")
+__all__ = ["FORMAT", "PRESETS", "SAMPLES", "Dataset", "Preset", "SampleInfo", "get_preset", "load_manifest",
+           "sample_plan", "simulate_dataset"]
