@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("porelab.cli.scan_cmds", "report", "Per-pore table, porosity % and plots from a mask."),
     "simulate": ("porelab.cli.sim_cmds", "simulate", "Simulated CT dataset of AM parts with exact truth."),
     "degrade": ("porelab.cli.sim_cmds", "degrade", "Re-scan with fewer projections / lower exposure."),
+    "dataset": ("porelab.cli.dataset_cmds", "dataset", "A dataset (manifest) over your own scans, labels optional."),
     "train": ("porelab.cli.engine_cmds", "train", "Train one network on a dataset; save a model folder."),
     "segment": ("porelab.cli.engine_cmds", "segment", "Segment pores in a scan with a model."),
     "evaluate": ("porelab.cli.eval_cmds", "evaluate", "AP, ROC-AUC, Dice of a score volume against truth."),
