@@ -356,6 +356,47 @@ def test_three_workers_and_a_killed_one_share_one_study_on_the_servers(own_serve
     assert counted["trials"] == (6, 5), counted
 
 
+# -------------------------------------------------------------------------- an empty Optuna database
+_OPEN_AT_ONCE = textwrap.dedent("""
+    import sys
+    import time
+    from pathlib import Path
+
+    import optuna
+
+    from porelab import tracking
+
+    gate, me, n, url = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    (gate / me).touch()
+    deadline = time.monotonic() + 120
+    while len(list(gate.iterdir())) < n:         # every worker has imported everything: open at once
+        if time.monotonic() > deadline:
+            sys.exit("the other workers never came")
+        time.sleep(0.005)
+    study = optuna.create_study(study_name="s", storage=tracking.optuna_storage(url), load_if_exists=True)
+    print(study._study_id)
+""")
+
+
+def test_workers_opening_an_empty_optuna_database_at_once_all_succeed(postgres, tmp_path):
+    """Four processes open an empty PostgreSQL Optuna database at the same moment (Optuna alone then fails
+    on CREATE TABLE in all but one): every one succeeds and all share one study."""
+    url = postgres.create(f"optuna_{tmp_path.name.replace('-', '_').lower()[-30:]}")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = _clean_env(MLFLOW_TRACKING_URI="http://127.0.0.1:9")        # no MLflow store is touched
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(gate), str(i), "4", url],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for i in range(4)]
+    ids = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        ids.append(out.split()[-1])
+    assert len(set(ids)) == 1, ids
+
+
 # ---------------------------------------------------------------------------------- registry race
 _RACER = textwrap.dedent("""
     import sys

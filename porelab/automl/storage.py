@@ -138,11 +138,41 @@ def optuna_storage(spec: str | None = None, *, heartbeat_interval: int = HEARTBE
     with warnings.catch_warnings():   # the heartbeat arguments are marked experimental
         warnings.simplefilter("ignore")
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period, **kwargs)
+            with _schema_lock(url):
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
+                                                  grace_period=grace_period, **kwargs)
         except SQLAlchemyError as exc:   # unreachable server, wrong password, not an Optuna database
             raise ConfigError(f"storage {_hide_password(url)!r}: cannot open it "
                               f"({type(exc).__name__}: {first_line(exc)})") from None
+
+
+_SCHEMA_LOCK_KEY = 0x706F72656C6162   # "porelab": the PostgreSQL advisory lock of Optuna's table creation
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str):
+    """On PostgreSQL, hold a session advisory lock while Optuna creates and checks its tables.
+
+    ``RDBStorage`` creates missing tables, its version row and Alembic's stamp without a lock, so workers
+    that start at once on an empty database fail (``duplicate key value violates unique constraint
+    "pg_type_typname_nsp_index"``, ``relation ... already exists``). Under the lock the first worker
+    creates the schema and the others find it. Other databases: no lock.
+    """
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def fail_orphaned_trials(study) -> list[int]:
