@@ -226,3 +226,18 @@ def test_leaderboard_has_one_row_per_architecture_with_mean_and_ci():
 def test_run_name_and_experiment_kind():
     assert run_name("quick", "porelab", 0) == "quick-porelab-seed0"
     assert (EXPERIMENT_KIND_TAG, EXPERIMENT_KIND) == ("mlflow.experimentKind", "custom_model_development")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--time-budget", "abc"], "time budget 'abc'"),
+    (["--time-budget", "-5"], "time budget must be > 0"),
+    (["--experiment", " "], "experiment: give an MLflow experiment name"),
+])
+def test_bad_search_options_are_one_line_exit_2(tmp_path, args, message):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "from porelab.cli import main; main()", "search", "--profile",
+                           "smoke", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
