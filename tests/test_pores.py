@@ -113,8 +113,8 @@ def test_write_report_files_and_object_from_scan(tmp_path, rng):
     s = write_report(m.astype(np.uint8), tmp_path / "rep", volume=scan, spacing=(0.01, 0.01, 0.01),
                      score=score, parameters={"threshold": 0.5})
     out = tmp_path / "rep"
-    assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "pores.csv", "size_histogram.png",
-                                                      "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "pores.csv", "report.html",
+                                                      "size_histogram.png", "summary.json"]
     for png in ("overlay.png", "size_histogram.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "pores.csv") as f:
