@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "simulate": ("porelab.cli.sim_cmds", "simulate", "Simulated CT dataset of AM parts with exact truth."),
     "degrade": ("porelab.cli.sim_cmds", "degrade", "Re-scan with fewer projections / lower exposure."),
     "dataset": ("porelab.cli.dataset_cmds", "dataset", "A dataset (manifest) over your own scans, labels optional."),
+    "robustness": ("porelab.cli.robustness_cmds", "robustness", "A model's pores on faster re-scans (Fig. 9)."),
     "train": ("porelab.cli.engine_cmds", "train", "Train one network on a dataset; save a model folder."),
     "segment": ("porelab.cli.engine_cmds", "segment", "Segment pores in a scan with a model."),
     "evaluate": ("porelab.cli.eval_cmds", "evaluate", "AP, ROC-AUC, Dice of a score volume against truth."),
