@@ -275,6 +275,8 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
         raise ConfigError(f"n_trials must be >= 0, got {n_trials}")
     if not experiment or not str(experiment).strip():
         raise ConfigError("experiment: give an MLflow experiment name")
+    if not budget.limited and not (n_trials or (prof.search.n_trials_unsupervised and prof.search.n_trials_supervised)):
+        raise ConfigError(f"profile {prof.name} without a time budget needs --n-trials (it caps trials by the budget)")
     tracking.optuna_storage_url(storage)          # bad input fails before anything is written
     if data:
         ensure_dataset(data, prof, seed)
