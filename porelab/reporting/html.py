@@ -258,11 +258,14 @@ def _png(fig) -> bytes:
 
 def _log_x(ax) -> None:
     """Log x axis with plain decimal tick labels (0.5, 1, 2 rather than 5×10⁻¹)."""
-    from matplotlib.ticker import FuncFormatter, LogFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    plain = FuncFormatter(lambda v, _: f"{v:.2g}")
+    ax.xaxis.set_major_formatter(plain)
+    lo, hi = ax.get_xlim()
+    # within about one decade the minor ticks (2, 3, … × 10^k) are the only labels: label them plainly too
+    ax.xaxis.set_minor_formatter(plain if hi / lo < 20 else NullFormatter())
 
 
 def _no_pores(ax) -> None:
