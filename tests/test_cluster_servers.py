@@ -217,7 +217,8 @@ def _search(folder: Path, servers, data, study: str, n_trials: int) -> subproces
     stdout and stderr go to files there."""
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "porelab", "search", "--profile", "smoke", "--quiet", "--data", str(data),
-           "--study-name", study, "--storage", servers.optuna, "--n-trials", str(n_trials)]
+           "--study-name", study, "--storage", servers.optuna, "--n-trials", str(n_trials),
+           "--time-budget", "none"]         # exactly n_trials per study, however loaded the machine is
     with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
         return subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=err,
                                 env=_clean_env(MLFLOW_TRACKING_URI=servers.tracking))
@@ -395,6 +396,48 @@ def test_workers_opening_an_empty_optuna_database_at_once_all_succeed(postgres, 
         assert p.returncode == 0, err[-3000:]
         ids.append(out.split()[-1])
     assert len(set(ids)) == 1, ids
+
+
+_EXPERIMENT_AT_ONCE = textwrap.dedent("""
+    import sys
+    import time
+    from pathlib import Path
+
+    import mlflow
+
+    from porelab import tracking
+
+    gate, me, n, name = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    (gate / me).touch()
+    deadline = time.monotonic() + 120
+    while len(list(gate.iterdir())) < n:
+        if time.monotonic() > deadline:
+            sys.exit("the other workers never came")
+        time.sleep(0.005)
+    tracking.setup_mlflow(name)
+    with mlflow.start_run() as run:
+        pass
+    print(run.info.experiment_id)
+""")
+
+
+def test_workers_creating_the_experiment_at_once_log_into_it(servers, tmp_path):
+    """Four processes select a new experiment on the tracking server at the same moment: all runs land in
+    it (MLflow's set_experiment returns without selecting it in a process that lost the creation race)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = _clean_env(MLFLOW_TRACKING_URI=servers.tracking)
+    procs = [subprocess.Popen([sys.executable, "-c", _EXPERIMENT_AT_ONCE, str(gate), str(i), "4", "at-once"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for i in range(4)]
+    ids = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        ids.append(next(line for line in reversed(out.splitlines()) if line.strip().isdigit()))
+    expected = _client(servers.tracking).get_experiment_by_name("at-once").experiment_id
+    assert ids == [expected] * 4, (ids, expected)
 
 
 # ---------------------------------------------------------------------------------- registry race

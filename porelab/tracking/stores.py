@@ -79,7 +79,10 @@ def setup_mlflow(experiment: str | None = DEFAULT_EXPERIMENT) -> str:
     mlflow.MlflowClient().search_experiments(max_results=1)   # creates / migrates the schema once
     # (mlflow.set_experiment itself exports MLFLOW_EXPERIMENT_ID, so only MLFLOW_RUN_ID marks `mlflow run`)
     if experiment and not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
+        exp = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
+        # selected by id as well: when another worker created it first, set_experiment returns it without
+        # selecting it, and the runs would land in "Default"
+        mlflow.set_experiment(experiment_id=exp.experiment_id)
     return uri
 
 
