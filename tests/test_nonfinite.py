@@ -154,8 +154,8 @@ def test_segment_cli_reports_missing_voxels_and_still_finds_pores(model_dir, tmp
         out[stem] = (res, tmp_path / stem / "seg")
     res, seg = out["bad"]
     warnings = [ln for ln in res.stderr.splitlines() if "non-finite" in ln]
-    assert warnings == [f"porelab: warning: {N_MISSING} non-finite voxels treated as missing "
-                        "(score NaN there, never a pore)"]
+    assert warnings == [(f"porelab: warning: {N_MISSING} non-finite voxels treated as missing "
+                         "(score NaN there, never a pore)")]
     assert "non-finite" not in out["clean"][0].stderr
     summary = _strict_json(seg / "segment.json")
     assert summary["nonfinite_voxels"] == N_MISSING
