@@ -186,8 +186,9 @@ def _kill_one_worker_mid_job(cluster, rng, tmp_path):
             killed = pid
             break
         time.sleep(0.05)
-    job.join(300)
+    job.join(600)
     assert killed is not None, "the job finished before a worker could be killed"
+    assert not job.is_alive(), "the job hangs after a worker was killed"
     if "error" in box:        # the job may fail, but then in one line and with nothing under the name
         print(f"killed worker {killed}: the job failed: {box['error']}")
         assert "\n" not in str(box["error"])

@@ -231,7 +231,7 @@ def segment_dask(scan, model, *, client=None, chunks: int = 256, out=None, thres
     )
     from porelab.model import PoreModel
 
-    dask, da = require_cluster()
+    _, da = require_cluster()
     tmp_model = None
     if isinstance(model, PoreModel):
         parent = Path(out).resolve().parent if out is not None else None
@@ -249,39 +249,40 @@ def segment_dask(scan, model, *, client=None, chunks: int = 256, out=None, thres
         arr, spacing = as_dask(scan, chunks=chunks, spacing=spacing)
         cks, depth, starts = plan_chunks(arr.shape, model.patch, model.overlap, chunks)
         arr = arr.rechunk(cks)
-        ctx = dask.config.set(scheduler=client) if client is not None else _null()
-        with ctx:
-            norm = model.normalisation.refit(arr)                  # the same strided subsample as predict
-            filled, missing, n_missing = fill_nonfinite_dask(arr, client=client)
-            keep = None
-            if model.skin > 0:
-                obj = _object(filled, corners="one", client=client)[0]
-                keep = obj.map_overlap(_erode_ball, depth=model.skin, boundary="none", skin=model.skin,
-                                       dtype=bool)
-            p = (model.patch,) * 3
-            wins = [window_1d(pi, model.weighting) for pi in p]
-            grid = {"patch": p, "batch_size": model.batch_size, "shape": arr.shape, "depth": depth,
-                    "starts": starts, "bounds": [np.concatenate([[0], np.cumsum(c)]) for c in cks],
-                    "wsum": [_weight_sum(s, st, w) for s, st, w in zip(arr.shape, starts, wins)],
-                    "win3": None if model.weighting == "average" else
-                    np.multiply.outer(np.multiply.outer(wins[0], wins[1]), wins[2]).astype(np.float32)}
-            score = filled.map_overlap(_infer_block, depth=dict(enumerate(depth)), boundary="none",
-                                       folder=folder, norm=norm.to_dict(), grid=grid, dtype=np.float32,
-                                       meta=np.empty((0, 0, 0), dtype=np.float32))
-            if keep is not None:
-                score = score * keep                                  # apply_skin: 0 outside the interior
-            if missing is not None:
-                score = da.where(missing, np.float32(np.nan), score)
-            thr = model.threshold if threshold is None else float(threshold)
-            mask = score >= thr
-            if out is not None:
-                from porelab.io import atomic_path
+        # no dask.config.set(scheduler=client): a LocalCluster's nannies copy dask's config into the workers
+        # they restart, and a Client in it cannot be pickled (the restart of a killed worker would fail);
+        # Normalisation.refit's strided read runs on the default scheduler (a Client is the default once made)
+        norm = model.normalisation.refit(arr)                  # the same strided subsample as predict
+        filled, missing, n_missing = fill_nonfinite_dask(arr, client=client)
+        keep = None
+        if model.skin > 0:
+            obj = _object(filled, corners="one", client=client)[0]
+            keep = obj.map_overlap(_erode_ball, depth=model.skin, boundary="none", skin=model.skin,
+                                   dtype=bool)
+        p = (model.patch,) * 3
+        wins = [window_1d(pi, model.weighting) for pi in p]
+        grid = {"patch": p, "batch_size": model.batch_size, "shape": arr.shape, "depth": depth,
+                "starts": starts, "bounds": [np.concatenate([[0], np.cumsum(c)]) for c in cks],
+                "wsum": [_weight_sum(s, st, w) for s, st, w in zip(arr.shape, starts, wins)],
+                "win3": None if model.weighting == "average" else
+                np.multiply.outer(np.multiply.outer(wins[0], wins[1]), wins[2]).astype(np.float32)}
+        score = filled.map_overlap(_infer_block, depth=dict(enumerate(depth)), boundary="none",
+                                   folder=folder, norm=norm.to_dict(), grid=grid, dtype=np.float32,
+                                   meta=np.empty((0, 0, 0), dtype=np.float32))
+        if keep is not None:
+            score = score * keep                                  # apply_skin: 0 outside the interior
+        if missing is not None:
+            score = da.where(missing, np.float32(np.nan), score)
+        thr = model.threshold if threshold is None else float(threshold)
+        mask = score >= thr
+        if out is not None:
+            from porelab.io import atomic_path
 
-                with atomic_path(Path(out), is_dir=True, marker="segment") as tmp:
-                    write_zarr_dask({tmp / "score.zarr": score, tmp / "mask.zarr": mask}, spacing=spacing,
-                                    client=client)
-                score = read_zarr_dask(Path(out) / "score.zarr")
-                mask = read_zarr_dask(Path(out) / "mask.zarr", bool)
+            with atomic_path(Path(out), is_dir=True, marker="segment") as tmp:
+                write_zarr_dask({tmp / "score.zarr": score, tmp / "mask.zarr": mask}, spacing=spacing,
+                                client=client)
+            score = read_zarr_dask(Path(out) / "score.zarr")
+            mask = read_zarr_dask(Path(out) / "mask.zarr", bool)
     finally:
         if tmp_model is not None:
             if out is None:      # the lazy results still need the folder: remove it when the process ends
@@ -293,11 +294,3 @@ def segment_dask(scan, model, *, client=None, chunks: int = 256, out=None, thres
     info = {"air": norm.air, "material": norm.material, "skin": model.skin, "nonfinite_voxels": n_missing,
             "chunks": [list(c) for c in cks], "depth": list(depth), "threshold": thr}
     return {"score": score, "mask": mask, "info": info, "out": None if out is None else Path(out)}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
