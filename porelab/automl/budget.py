@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-
 #: the plan ends this fraction of the budget before its end: a trial stopped at its study's deadline finishes
 #: its current epoch, and the estimates of the fixed steps err; the job must end within budget + 10 %
 SAFETY_FRACTION = 0.05

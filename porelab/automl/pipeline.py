@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from porelab.automl.storage import hide_password
 from porelab.automl.study import best_per_net, clean, run_study, study_summary, table_entries, tracked_folds
 from porelab.config import Profile, get_profile
 from porelab.crossval import Context, label_source, make_context, mean_metrics, run_folds
@@ -213,7 +214,7 @@ def log_registered_curves(ctx: Context) -> None:
     scans = [s for s in (ctx.hard, ctx.cv[0]) if s is not None]
     models = {f"{name} (production)": tracking.resolve_model(name) for name in (UNSUPERVISED_NAME, SUPERVISED_NAME)}
     with tempfile.TemporaryDirectory() as tmp:
-        for png in model_curves(scans, models, tmp, profile=ctx.profile):
+        for png in model_curves(scans, models, tmp, profile=ctx.profile, train_scans=ctx.cv):
             mlflow.log_artifact(str(png), "plots")
 
 
@@ -245,6 +246,8 @@ def use_experiment(experiment: str) -> tuple[str, str | None]:
         os.environ.pop("MLFLOW_RUN_ID")
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     exp_id = mlflow.set_experiment(experiment).experiment_id
+    # a worker that lost the race to create the experiment gets it back unselected: select it by id
+    mlflow.set_experiment(experiment_id=exp_id)
     mark_experiment(exp_id)
     return exp_id, launcher
 
@@ -281,7 +284,7 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
     if data:
         ensure_dataset(data, prof, seed)
     storage_obj = _start(storage)
-    exp_id, launcher = use_experiment(str(experiment))
+    _exp_id, launcher = use_experiment(str(experiment))
     own_workdir = workdir is None
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="porelab-search-"))
     name = run_name(prof.name, study_name, seed)
@@ -303,7 +306,7 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
             # (keys differ from the MLproject parameters `mlflow run` logged: params cannot change)
             tracking.log_params({"profile": prof.name, "seed": seed, "dataset_dir": str(ctx.dataset_root),
                                  "study_name": study_name, "experiment_name": str(experiment),
-                                 "optuna_storage": tracking.optuna_storage_url(storage),
+                                 "optuna_storage": hide_password(tracking.optuna_storage_url(storage)),
                                  "n_trials_unsupervised": n_unsup or "budget", "n_trials_supervised": n_sup or "budget",
                                  "time_budget_minutes": minutes if minutes is not None else "none",
                                  "unsupervised_share": space.unsupervised_share, "tail_fraction": space.tail_fraction,

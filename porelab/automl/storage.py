@@ -22,7 +22,7 @@ HEARTBEAT_INTERVAL = 60   # s between heartbeats of a running trial (RDB storage
 GRACE_PERIOD = 180        # s without a heartbeat after which the next worker marks the trial FAIL
 
 
-def _hide_password(url: str) -> str:
+def hide_password(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
 
 
@@ -49,7 +49,7 @@ def optuna_storage_url(spec: str | None = None) -> str:
             spec = f"sqlite:///{beside_store(rest)}{sep}{query}"
     _check_database_url(spec)
     if _same_database(spec, tracking_uri()):
-        raise ConfigError(f"storage {_hide_password(spec)!r} is MLflow's database; Optuna needs its own "
+        raise ConfigError(f"storage {hide_password(spec)!r} is MLflow's database; Optuna needs its own "
                           "(both keep an alembic_version table)")
     return spec
 
@@ -96,7 +96,7 @@ def _check_database_url(url: str) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    shown = _hide_password(url)
+    shown = hide_password(url)
     try:
         dialect = make_url(url).get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
@@ -142,7 +142,7 @@ def optuna_storage(spec: str | None = None, *, heartbeat_interval: int = HEARTBE
                 return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
                                                   grace_period=grace_period, **kwargs)
         except SQLAlchemyError as exc:   # unreachable server, wrong password, not an Optuna database
-            raise ConfigError(f"storage {_hide_password(url)!r}: cannot open it "
+            raise ConfigError(f"storage {hide_password(url)!r}: cannot open it "
                               f"({type(exc).__name__}: {first_line(exc)})") from None
 
 
@@ -219,5 +219,5 @@ def fail_orphaned_trials(study) -> list[int]:
     return sorted(set(failed))
 
 
-__all__ = ["GRACE_PERIOD", "HEARTBEAT_INTERVAL", "fail_orphaned_trials", "optuna_storage",
+__all__ = ["GRACE_PERIOD", "HEARTBEAT_INTERVAL", "fail_orphaned_trials", "hide_password", "optuna_storage",
            "optuna_storage_url"]
