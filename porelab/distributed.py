@@ -36,6 +36,7 @@ from scipy import ndimage
 from porelab.errors import ConfigError, ScanError
 from porelab.labels import (
     SIX_CONNECTED,
+    merge_provisional,
     otsu_counts,
     otsu_from_counts,
     otsu_is_integer,
@@ -338,8 +339,6 @@ class _Comps:
 def components_dask(mask, *, client=None) -> _Comps:
     """6-connected components of a chunked bool array, merged across chunk faces (module docstring)."""
     import dask
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     Z, Y, X = mask.shape
     corners = [(z, y, x) for z in (0, Z - 1) for y in (0, Y - 1) for x in (0, X - 1)]
@@ -368,17 +367,7 @@ def components_dask(mask, *, client=None) -> _Comps:
         if len(p):
             edges_a.append(p[:, 0] + offsets[flat[i]])
             edges_b.append(p[:, 1] + offsets[flat[j]])
-    if edges_a:
-        a, b = np.concatenate(edges_a), np.concatenate(edges_b)
-        graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(total + 1, total + 1))
-        _, comp = connected_components(graph, directed=False)
-        _, first_idx, inverse = np.unique(comp, return_index=True, return_inverse=True)
-        rank = np.empty_like(first_idx)
-        rank[np.argsort(first_idx)] = np.arange(first_idx.size)
-        comp = rank[inverse]
-        n = int(comp.max())
-    else:
-        comp, n = np.arange(total + 1), total
+    comp, n = merge_provisional(edges_a, edges_b, total)
     boxes = np.zeros((n + 1, 6), dtype=np.int64)
     voxels = np.zeros(n + 1, dtype=np.int64)
     if total:

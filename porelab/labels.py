@@ -203,6 +203,29 @@ class _SlabLabeller:
         return lab, int(n), crop
 
 
+def merge_provisional(edges_a: list, edges_b: list, total: int) -> tuple[np.ndarray, int]:
+    """Merge provisional labels 0..``total`` joined by the pairs ``(edges_a[k][m], edges_b[k][m])``.
+
+    Returns ``(comp, n)``: ``comp[provisional]`` is the final label, background (provisional 0) stays 0 and
+    components are numbered 1..n in order of their first provisional label (as ``ndimage.label`` would
+    number them in one piece). Used by slab-wise labelling here and chunk-wise labelling on Dask.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+
+    if not edges_a:
+        return np.arange(total + 1), total
+    a, b = np.concatenate(edges_a), np.concatenate(edges_b)
+    graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(total + 1, total + 1))
+    _, comp = connected_components(graph, directed=False)
+    _, first_idx, inverse = np.unique(comp, return_index=True, return_inverse=True)
+    rank = np.empty_like(first_idx)
+    rank[np.argsort(first_idx)] = np.arange(first_idx.size)
+    comp = rank[inverse]
+    return comp, int(comp.max())
+
+
 def _components(mask: np.ndarray, *, stats: bool = True, store: np.ndarray | None = None,
                 progress: bool = False, desc: str = "components") -> _Components:
     """6-connected components of a bool volume, labelled slab by slab and merged across slab faces.
@@ -211,8 +234,6 @@ def _components(mask: np.ndarray, *, stats: bool = True, store: np.ndarray | Non
     ``store`` (a uint8 array of the mask's shape, e.g. the future output buffer) caches the labels of
     slabs with fewer than 256 components so that :func:`_paint` need not label them again.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     Z, Y, X = mask.shape
     slabs = list(iter_slabs(mask.shape, _SLAB_VOXELS))
@@ -257,20 +278,7 @@ def _components(mask: np.ndarray, *, stats: bool = True, store: np.ndarray | Non
         if cached[-1]:
             store[sl][:, y0:y1, x0:x1] = lab
         total += n
-    if edges_a:
-        a = np.concatenate(edges_a)
-        b = np.concatenate(edges_b)
-        graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(total + 1, total + 1))
-        _, comp = connected_components(graph, directed=False)
-        # renumber so that background (provisional 0) is 0 and components are 1..n in order of first label
-        _, first_idx, inverse = np.unique(comp, return_index=True, return_inverse=True)
-        rank = np.empty_like(first_idx)
-        rank[np.argsort(first_idx)] = np.arange(first_idx.size)
-        comp = rank[inverse]
-        n = int(comp.max())
-    else:
-        comp = np.arange(total + 1)
-        n = total
+    comp, n = merge_provisional(edges_a, edges_b, total)
     out_boxes = np.zeros((n + 1, 6), dtype=np.int64)
     voxels = np.zeros(n + 1, dtype=np.int64)
     if total and stats:
