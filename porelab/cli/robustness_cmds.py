@@ -66,7 +66,7 @@ def robustness(scan: Path, model_spec: str, output: Path, labels: str | None, pr
     Example:
       porelab robustness data/cube_scan.npy --model models/unet --labels data/cube_truth.npy -o cube_rob
     """
-    from porelab.cli.sim_cmds import _manifest_entry
+    from porelab.cli.sim_cmds import simulated_settings
     from porelab.errors import ConfigError
     from porelab.io import atomic_path, prepare_output, read_mask, read_volume
     from porelab.pores import check_binary_file
@@ -92,13 +92,7 @@ def robustness(scan: Path, model_spec: str, output: Path, labels: str | None, pr
     if labels is not None:
         check_binary_file(labels, role="truth mask")
         truth = read_mask(labels, like=vol.array)
-    voxel_mm = None
-    entry = _manifest_entry(Path(scan))
-    if entry is not None:                         # a simulated scan: attenuation in 1/mm, settings known
-        q = entry.get("quality", {})
-        base_projections = base_projections or q.get("projections")
-        base_exposure = base_exposure or q.get("exposure")
-        voxel_mm = float(entry["spacing"][1])
+    base_projections, base_exposure, voxel_mm = simulated_settings(scan, base_projections, base_exposure)
     t0 = time.perf_counter()
     result = run_robustness(vol, model, labels=truth, projections=proj, exposures=expo,
                             base_projections=base_projections, base_exposure=base_exposure, voxel_mm=voxel_mm,

@@ -139,13 +139,7 @@ def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: in
     target = _check_output(Path(out), inputs=[scan], overwrite=overwrite)
     sp = None if spacing is None else (spacing, spacing, spacing)
     vol = read_volume(scan, spacing=sp)
-    voxel_mm = None
-    entry = _manifest_entry(Path(scan))
-    if entry is not None:  # a simulated scan: attenuation in 1/mm, settings known
-        q = entry.get("quality", {})
-        base_projections = base_projections or q.get("projections")
-        base_exposure = base_exposure or q.get("exposure")
-        voxel_mm = float(entry["spacing"][1])
+    base_projections, base_exposure, voxel_mm = simulated_settings(scan, base_projections, base_exposure)
     result = degrade_scan(vol.array, projections=projections, exposure=exposure, seed=seed,
                           base_projections=base_projections, base_exposure=base_exposure, voxel_mm=voxel_mm,
                           progress=not quiet, cone=cone, scatter=scatter, readout=starvation,
@@ -154,6 +148,18 @@ def degrade(scan: Path, out: Path, projections: float, exposure: float, seed: in
     click.echo(json.dumps({"out": str(out), "shape": list(result.shape), "projections": projections,
                            "exposure": exposure, "base_projections": base_projections,
                            "base_exposure": base_exposure}))
+
+
+def simulated_settings(scan, base_projections, base_exposure) -> tuple:
+    """``(base_projections, base_exposure, voxel_mm)`` for re-scanning ``scan``: the given values, completed
+    from the manifest entry when ``scan`` sits in a simulated dataset (attenuation in 1/mm, settings known);
+    ``voxel_mm`` is None for any other scan."""
+    entry = _manifest_entry(Path(scan))
+    if entry is None:
+        return base_projections, base_exposure, None
+    q = entry.get("quality", {})
+    return (base_projections or q.get("projections"), base_exposure or q.get("exposure"),
+            float(entry["spacing"][1]))
 
 
 def _manifest_entry(scan: Path) -> dict | None:
