@@ -82,7 +82,8 @@ def test_every_figure_is_a_real_png(report):
     assert [im.size for im in images] == [(1000, 380), (1000, 420), (1200, 440), (1200, 440)]
     for im in images:
         a = np.asarray(im.convert("RGB"))
-        assert a.std() > 20 and _colours(a) > 20                                  # drawn, not blank
+        # drawn, not blank: a blank figure has std 0 and one colour; a sparse scatter on white measured 19-20
+        assert a.std() > 8 and _colours(a) > 20
 
 
 def test_text_is_escaped(tmp_path):
