@@ -10,8 +10,14 @@ import optuna
 import pytest
 
 from porelab.automl.budget import SAFETY_FRACTION, Budget, StudyClock, parse_minutes, tail_estimate
-from porelab.automl.leaderboard import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, leaderboard_markdown,
-                                        leaderboard_metrics, leaderboard_rows, run_name)
+from porelab.automl.leaderboard import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    leaderboard_markdown,
+    leaderboard_metrics,
+    leaderboard_rows,
+    run_name,
+)
 from porelab.automl.study import make_pruner, tracked_folds, trials_rows
 from porelab.config import SearchSpace, get_profile
 from porelab.crossval import Context
@@ -143,7 +149,6 @@ def test_successive_halving_prunes_a_flat_learning_curve_at_its_first_rung(no_ml
     """The per-epoch hook and the profile's pruner (successive halving, first rung at step 1): a trial
     whose validation loss does not move (e.g. a learning rate of 1e-9) is pruned after its second epoch,
     against a first trial whose loss fell. (The same with real training: tests/test_search_budget.py.)"""
-    import mlflow
 
     ctx = _ctx()
     ctx.profile = ctx.profile.replace(unsupervised=ctx.profile.train_config("cevae", max_epochs=4))
@@ -238,6 +243,7 @@ def test_bad_search_options_are_one_line_exit_2(tmp_path, args, message):
     import sys
 
     proc = subprocess.run([sys.executable, "-c", "from porelab.cli import main; main()", "search", "--profile",
-                           "smoke", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                           "smoke", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()

@@ -44,7 +44,7 @@ def scans(tmp_path_factory, smoke_dataset):
     d = tmp_path_factory.mktemp("user_scans")
     files = {}
     for s in smoke_dataset.samples:
-        scan, truth, _ = (np.asarray(a) for a in s.load())
+        scan, _truth, _ = (np.asarray(a) for a in s.load())
         if s.name in ("cyl1", "cyl2", "cube"):
             files[s.name] = write_volume(d / "tiff" / f"{s.name}.tif", scan, spacing=s.spacing)
         elif s.name == "cyl3":

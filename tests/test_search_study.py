@@ -8,7 +8,14 @@ import mlflow
 import numpy as np
 import pytest
 
-from porelab.automl.spaces import PAPER_ALPHAS, PAPER_FTL_OPTIMUM, PAPER_GAMMAS, first_trial, get_space, paper_grid
+from porelab.automl.spaces import (
+    PAPER_ALPHAS,
+    PAPER_FTL_OPTIMUM,
+    PAPER_GAMMAS,
+    first_trial,
+    get_space,
+    paper_grid,
+)
 from porelab.automl.study import make_study
 from porelab.config import get_profile
 from porelab.errors import ConfigError

@@ -115,7 +115,7 @@ def cone_project(vol: np.ndarray, betas: np.ndarray, sod: float, *, det: tuple[i
         wx, wy = (x - ix).astype(np.float32).ravel()[:, None], (y - iy).astype(np.float32).ravel()[:, None]
         ix, iy = ix.ravel(), iy.ravel()
 
-        def at(dy, dx):
+        def at(dy, dx, iy=iy, ix=ix):   # used at once, inside this iteration
             yy, xx = iy + dy, ix + dx
             idx = np.where((yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx), yy * nx + xx, ny * nx)
             return flat[idx]  # (ns·nt, nz)
@@ -130,7 +130,7 @@ def ramp_filter(n: int, window: str = "hann") -> np.ndarray:
     """Frequency response (length ``2^⌈log2(2n)⌉``) of the band-limited ramp for unit pixel pitch, with an
     optional Hann window (``ramp`` = none): the spatial Ram-Lak kernel ``1/4, −1/(π n)²`` (odd ``n``), 0
     (even), transformed, so that the zero frequency is exact after zero padding."""
-    size = max(64, 2 ** int(math.ceil(math.log2(2 * n))))
+    size = max(64, 2 ** math.ceil(math.log2(2 * n)))
     k = np.concatenate([np.arange(1, size // 2 + 1, 2), np.arange(size // 2 - 1, 0, -2)])
     h = np.zeros(size)
     h[0] = 0.25
