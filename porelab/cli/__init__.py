@@ -71,7 +71,10 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             # the writers' cleanup (porelab.io.atomic_path) has run while the exception unwound
             click.echo("porelab: interrupted", err=True)
-            sys.exit(143 if terminated else 130)
+            # Exit at once with the signal's status: a normal interpreter shutdown after an interrupt
+            # could still end by KeyboardInterrupt (status -2) and must never look like success.
+            sys.stderr.flush()
+            os._exit(143 if terminated else 130)
         except PermissionError as exc:  # an output (or input) the user may not write (or read)
             if os.environ.get("PORELAB_DEBUG"):
                 raise
