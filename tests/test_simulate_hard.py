@@ -55,7 +55,7 @@ def test_fdk_is_worse_at_the_extremities_with_a_wide_cone():
 
 def test_cone_scan_switch_changes_geometry():
     ph = make_phantom((16, 32, 32), part="cylinder", seed=0, porosity=0.0)
-    kw = dict(voxel_mm=0.3, projections=40, exposure=1e6)
+    kw = {"voxel_mm": 0.3, "projections": 40, "exposure": 1e6}
     par = scan_phantom(ph.mu, **kw)
     cone = scan_phantom(ph.mu, cone=True, **kw)
     assert cone.shape == par.shape and np.isfinite(cone).all()
@@ -103,7 +103,7 @@ def test_effects_are_off_by_default():
 
 
 def test_texture_and_drift_vary_the_metal():
-    kw = dict(part="cylinder", seed=1, porosity=0.0, density_variation=0.0, roughness=0.0)
+    kw = {"part": "cylinder", "seed": 1, "porosity": 0.0, "density_variation": 0.0, "roughness": 0.0}
     flat = make_phantom((24, 48, 48), **kw)
     tex = make_phantom((24, 48, 48), texture=0.03, **kw)
     drift = make_phantom((24, 48, 48), drift=0.05, **kw)
@@ -142,7 +142,7 @@ def test_extra_pores_have_exact_truth_and_flags():
 def test_hard_degrade_options_switch_effects():
     ph = make_phantom((12, 40, 40), part="cylinder", seed=1, porosity=0.0)
     rec = scan_phantom(ph.mu, voxel_mm=0.375, projections=48, exposure=1e5, seed=0)
-    kw = dict(voxel_mm=0.375, base_projections=48, base_exposure=1e5)
+    kw = {"voxel_mm": 0.375, "base_projections": 48, "base_exposure": 1e5}
     plain = degrade(rec, **kw)
     m = ph.mu > 0
     assert np.array_equal(plain, degrade(rec, scatter=0.0, readout=0.0, hardening=0.0, ring=0.0, **kw))

@@ -167,8 +167,8 @@ def scan_phantom(mu: np.ndarray, *, voxel_mm: float, projections: int, exposure:
     if scatter < 0 or readout < 0:
         raise ConfigError(f"scatter ({scatter}) and readout ({readout}) must be >= 0")
     rng = np.random.default_rng(seed)
-    effects = dict(exposure=exposure, hardening=hardening, blur=blur, ring=ring, rng=rng, scatter=scatter,
-                   readout=readout)
+    effects = {"exposure": exposure, "hardening": hardening, "blur": blur, "ring": ring, "rng": rng, "scatter": scatter,
+                   "readout": readout}
     if cone:
         from porelab.simulate.cone import SOD_MM, cone_project, fdk, orbit
 
