@@ -51,7 +51,8 @@ def test_a_smoke_search_keeps_its_time_budget_and_registers_both_models(mlflow_e
     """No trial cap: the budget alone decides how many trials run; the whole job (data included) ends within
     the budget + 10 % and both models are registered in Production."""
     smoke = get_profile("smoke")
-    prof = smoke.replace(search=dataclasses.replace(smoke.search, n_trials_unsupervised=0, n_trials_supervised=0))
+    prof = smoke.replace(search=dataclasses.replace(smoke.search, n_trials_unsupervised=0, n_trials_supervised=0,
+                                                    heuristic_comparison=True))
     minutes = 5.0
     t0 = time.monotonic()
     summary = pipeline.run_search(prof, data=str(smoke_dataset.root), storage=mlflow_env["optuna_storage"],
@@ -65,3 +66,19 @@ def test_a_smoke_search_keeps_its_time_budget_and_registers_both_models(mlflow_e
     assert run.data.params["time_budget_minutes"] == "5.0"
     assert run.data.metrics["budget_seconds"] == 300 and run.data.metrics["spent_seconds_total"] <= 330
     assert summary["unsupervised"]["trials"] >= 1 and summary["supervised"]["trials"] >= 1
+
+
+def test_a_budgeted_search_with_the_algorithm1_comparison_runs_every_step(mlflow_env, smoke_dataset):
+    """The quick profile's steps at smoke sizes: a time budget (so the supervised study's deadline is planned
+    from measured costs before its first trial) and the Algorithm 1 comparison after it. One trial per study
+    (the smoke cap); the comparison runs or is skipped with a tag saying why, depending on the time left."""
+    smoke = get_profile("smoke")
+    prof = smoke.replace(search=dataclasses.replace(smoke.search, heuristic_comparison=True))
+    summary = pipeline.run_search(prof, data=str(smoke_dataset.root), storage=mlflow_env["optuna_storage"],
+                                  seed=0, time_budget=4.0)
+    client = mlflow.MlflowClient()
+    for name in (pipeline.UNSUPERVISED_NAME, pipeline.SUPERVISED_NAME):
+        assert client.get_model_version_by_alias(name, "production").current_stage == "Production"
+    run = client.get_run(summary["run_id"])
+    assert run.data.metrics["planned_seconds_study_supervised"] > 0
+    assert summary["heuristic_comparison"] or "porelab.skipped.heuristic_comparison" in run.data.tags

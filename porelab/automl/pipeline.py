@@ -347,8 +347,9 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
             summary_scans = 2 * (2 if ctx.hard is not None else 1) + n_scans    # curves + classical rows
             if budget.limited:
                 def sup_end() -> float:
-                    heur = (sclock.complete_seconds[0] if space.heuristic_comparison and sclock.complete_seconds
-                            else None)
+                    # (planned before the study's clock exists: no trial has completed yet)
+                    done = sclock.complete_seconds if sclock is not None else []
+                    heur = done[0] if space.heuristic_comparison and done else None
                     return budget.end - tail_estimate(register=budget.spent("register_unsupervised"),
                                                       score_per_scan=per_scan, summary_scans=summary_scans,
                                                       heuristic=heur, fallback=tail0)
