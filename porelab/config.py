@@ -22,6 +22,8 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from porelab.errors import ConfigError
 from porelab.nets import SUPERVISED, UNSUPERVISED
 from porelab.postprocess import DEFAULT_SKIN, DEFAULT_SMOOTH, RESIDUALS
@@ -40,6 +42,13 @@ PRUNERS = ("sha", "hyperband")
 #: width × 0.25) costs about the same as the UNet's at width 1 (``benchmarks/step_time.py``;
 #: docs/experiments.md, "Step time per net")
 QUICK_NET_WIDTHS = {"unetpp": 0.25, "unet3p": 0.25, "accunet": 0.25, "gmvae": 0.25}
+
+#: the paper's FTL grids (Iuso et al. 2024, §4.3): α, β ∈ linspace(0.1, 0.9, 4); γ ∈ {1/3, …, 2}; γ during the
+#: α × β search ("kept at 0.5"). The same values as ``porelab.automl.spaces.PAPER_ALPHAS`` / ``PAPER_GAMMAS``,
+#: which the supervised space suggests (tests/test_paper_protocol.py checks that they agree)
+PAPER_FTL_ALPHAS = tuple(float(v) for v in np.linspace(0.1, 0.9, 4))
+PAPER_FTL_GAMMAS = (1 / 3, 1 / 2, 2 / 3, 1.0, 4 / 3, 3 / 2, 5 / 3, 2.0)
+PAPER_FTL_GAMMA0 = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,11 @@ class SearchSpace:
         profile's ``TrainConfig.lr``.
     n_trials_unsupervised, n_trials_supervised : trials per study and worker; with a time budget a cap
         (0 = as many as the budget allows).
-    grid : the supervised study walks the paper's FTL grid (α × β × γ × nets, ``GridSampler``) instead of TPE.
+    grid : the supervised study runs the paper's search protocol (``porelab.automl.protocol``: the first net
+        over α × β at γ = ``paper_gamma0``, then γ at the best α, β, then every net at the optimum) instead
+        of TPE.
+    paper_alphas, paper_gammas, paper_gamma0 : that protocol's α (and β) grid, γ grid and the γ of its α × β
+        stage; subsets of the paper's values (default: all of them, ``PAPER_FTL_*``).
     heuristic_comparison : the best supervised configuration is trained again on Algorithm 1 labels
         (the paper's Table 7 comparison); under a time budget only when its measured cost fits.
     time_budget : minutes for the whole search job (``None``: no budget, the trial counts decide);
@@ -84,6 +97,9 @@ class SearchSpace:
     n_trials_unsupervised: int = 5
     n_trials_supervised: int = 128
     grid: bool = True
+    paper_alphas: tuple[float, ...] = PAPER_FTL_ALPHAS
+    paper_gammas: tuple[float, ...] = PAPER_FTL_GAMMAS
+    paper_gamma0: float = PAPER_FTL_GAMMA0
     heuristic_comparison: bool = True
     time_budget: float | None = None
     unsupervised_share: float = 0.5
@@ -110,6 +126,12 @@ class SearchSpace:
                 raise ConfigError(f"search space: {label} must be (low, high) with 0 < low <= high, got {rng}")
         if any(v <= 0 for v in self.net_widths.values()) or set(self.net_widths) - set(NAMES):
             raise ConfigError(f"search space: net_widths must map net names to widths > 0, got {self.net_widths}")
+        for label, values, grid in (("paper_alphas", self.paper_alphas, PAPER_FTL_ALPHAS),
+                                    ("paper_gammas", self.paper_gammas, PAPER_FTL_GAMMAS),
+                                    ("paper_gamma0", (self.paper_gamma0,), PAPER_FTL_GAMMAS)):
+            if not values or any(min(abs(float(v) - g) for g in grid) > 1e-6 for v in values):
+                raise ConfigError(f"search space: {label} must be paper grid values "
+                                  f"({', '.join(f'{g:.4g}' for g in grid)}), got {values}")
         if self.n_trials_unsupervised < 0 or self.n_trials_supervised < 0:
             raise ConfigError("search space: trial counts must be >= 0")
         if self.time_budget is not None and not self.time_budget > 0:
@@ -246,8 +268,10 @@ def _quick() -> Profile:
 
 
 def _paper() -> Profile:
-    # TrainConfig's and SearchSpace's defaults are the paper's
-    return Profile(name="paper", sim_preset="paper", net_scale=1.0, folds=5)
+    # TrainConfig's and SearchSpace's defaults are the paper's; the supervised cap is the paper's protocol:
+    # 16 α × β pairs + 7 more γ (the 8th is stage 1's γ) + the 4 other nets (porelab.automl.protocol)
+    return Profile(name="paper", sim_preset="paper", net_scale=1.0, folds=5,
+                   search=SearchSpace(n_trials_supervised=16 + 7 + len(SUPERVISED) - 1))
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (_smoke(), _quick(), _paper())}
@@ -264,5 +288,5 @@ def get_profile(name) -> Profile:
         raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}") from None
 
 
-__all__ = ["PROFILES", "PRUNERS", "QUICK_NET_WIDTHS", "TOPHAT_RADIUS", "LabelConfig", "Profile",
-           "SearchSpace", "get_profile"]
+__all__ = ["PAPER_FTL_ALPHAS", "PAPER_FTL_GAMMA0", "PAPER_FTL_GAMMAS", "PROFILES", "PRUNERS", "QUICK_NET_WIDTHS",
+           "TOPHAT_RADIUS", "LabelConfig", "Profile", "SearchSpace", "get_profile"]

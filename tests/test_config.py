@@ -29,7 +29,8 @@ def test_search_and_label_settings_are_the_recorded_ones(name):
     assert {"unsupervised_nets": list(s.unsupervised_nets), "supervised_nets": list(s.supervised_nets),
             "widths": list(s.widths), "residuals": list(s.residuals),
             "n_trials_unsupervised": s.n_trials_unsupervised, "n_trials_supervised": s.n_trials_supervised,
-            "grid": s.grid, "heuristic_comparison": s.heuristic_comparison} == rec["search"]
+            "grid": s.grid, "heuristic_comparison": s.heuristic_comparison, "paper_alphas": list(s.paper_alphas),
+            "paper_gammas": list(s.paper_gammas), "paper_gamma0": s.paper_gamma0} == rec["search"]
     assert prof.supervised_net_kwargs == rec["supervised_net_kwargs"]
     assert (prof.skin, prof.smooth, prof.tophat_radius) == (rec["skin"], rec["smooth"], rec["tophat_radius"])
     lab = prof.labels

@@ -10,7 +10,8 @@ study's deadline passes.
 
 A study is created or resumed by name (``load_if_exists``); trials whose worker died are marked FAIL first.
 The unsupervised study and TPE supervised studies are seeded anew at each resumption (so a resumed study
-does not replay its suggestions); the paper profile's supervised study walks the paper's grid.
+does not replay its suggestions); the paper profile's supervised study runs the paper's search protocol
+(``porelab.automl.protocol``: α × β, then γ, then every net) as enqueued trials of the same study.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from porelab.automl.spaces import MAIN_METRIC, first_trial, get_space, paper_grid
+from porelab.automl.spaces import MAIN_METRIC, first_trial, get_space
 from porelab.crossval import Context, FoldHooks, mean_metrics, run_folds
 from porelab.errors import ConfigError
 
@@ -228,18 +229,18 @@ def run_study(ctx: Context, kind: str, study_name: str, storage, n_trials: int |
 
     if not n_trials and clock is None:
         raise ConfigError(f"{kind} study: give a number of trials or a time budget")
-    grid = paper_grid(ctx.profile) if kind == "supervised" and ctx.profile.search.grid else None
+    protocol = kind == "supervised" and ctx.profile.search.grid     # the paper's protocol, enqueued trials
     nets = ctx.profile.search.unsupervised_nets if kind == "unsupervised" else ctx.profile.search.supervised_nets
     full_name = f"{study_name}-{kind}"
     max_epochs = getattr(ctx.profile, kind).max_epochs
-    study = make_study(full_name, storage, seed=ctx.seed, grid=grid, pruner=make_pruner(ctx.profile, max_epochs))
+    study = make_study(full_name, storage, seed=ctx.seed, pruner=make_pruner(ctx.profile, max_epochs))
     orphans = tracking.fail_orphaned_trials(study)
-    if not grid:   # another seed per resumption so a resumed study does not replay the same suggestions
-        study.sampler = optuna.samplers.TPESampler(seed=ctx.seed * 1000 + len(study.trials))
-        if not study.trials:
-            # TPE starts from a configuration known to learn: for the supervised study the paper's optimum
-            # (with a high β and few steps the UNets were measured to collapse to "no pore")
-            study.enqueue_trial(first_trial(kind, ctx.profile))
+    # another seed per resumption so a resumed study does not replay the same suggestions
+    study.sampler = optuna.samplers.TPESampler(seed=ctx.seed * 1000 + len(study.trials))
+    if not study.trials and not protocol:
+        # TPE starts from a configuration known to learn: for the supervised study the paper's optimum
+        # (with a high β and few steps the UNets were measured to collapse to "no pore")
+        study.enqueue_trial(first_trial(kind, ctx.profile))
     if clock is not None:
         clock.min_epochs = ctx.profile.search.min_resource + 1
     callbacks = [tracking.check_interrupted]
@@ -253,7 +254,7 @@ def run_study(ctx: Context, kind: str, study_name: str, storage, n_trials: int |
                    f"reduction_factor={space.reduction_factor}, step=fold*{max_epochs}+epoch)")
     with tracking.child_run(f"study-{kind}", tags={"porelab.level": "study", "optuna.study": full_name}):
         tracking.log_params({"study_name": full_name, "n_trials": n_trials or "budget", "sampler":
-                             type(study.sampler).__name__, "pruner": pruner_text,
+                             "paper protocol" if protocol else type(study.sampler).__name__, "pruner": pruner_text,
                              "orphaned_trials_failed": len(orphans), "nets": ",".join(nets)})
         if clock is not None:
             tracking.log_metrics({"deadline_seconds_at_start": clock.remaining()})
@@ -262,8 +263,15 @@ def run_study(ctx: Context, kind: str, study_name: str, storage, n_trials: int |
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
                 # (check_interrupted stops the loop if a SIGTERM was swallowed while the trial ended)
-                study.optimize(objective(ctx, kind, labels, clock), n_trials=n_trials or None, catch=(Exception,),
-                               gc_after_trial=True, callbacks=callbacks)
+                if protocol:
+                    from porelab.automl.protocol import log_protocol, paper_stages, run_paper_protocol
+
+                    log_protocol(run_paper_protocol(study, objective(ctx, kind, labels, clock),
+                                                    **paper_stages(ctx.profile.search), n_trials=n_trials or None,
+                                                    callbacks=callbacks))
+                else:
+                    study.optimize(objective(ctx, kind, labels, clock), n_trials=n_trials or None,
+                                   catch=(Exception,), gc_after_trial=True, callbacks=callbacks)
         if clock is not None:
             tracking.log_metrics(clock.metrics())
             if clock.stopped_reason:
