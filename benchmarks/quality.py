@@ -56,7 +56,7 @@ def _score_all(predict, scans, threshold=None) -> dict:
 
     out = {}
     for s in scans:
-        m = evaluate_scores(predict(s), s.truth, mask=s.object, threshold=threshold)
+        m = evaluate_scores(predict(s), s.truth, mask=s.region, threshold=threshold)
         out[s.name] = {"role": s.role, "ap": m["ap"], "auc": m["auc"], "dice": m["dice"]}
     return out
 
@@ -115,14 +115,15 @@ def markdown(result: dict) -> str:
 
 def run_preset(preset: str, args) -> dict:
     from porelab.config import get_profile
-    from porelab.crossval import load_scans
+    from porelab.crossval import labelled, load_scans
 
     t0 = time.perf_counter()
     data = _dataset(args.data if args.data else None, preset, args.seed)
     train_data = _dataset(args.train_data if args.train_data else None, preset, args.train_seed)
-    cv, hard, _ = load_scans(data)
-    scans = cv + ([hard] if hard is not None else [])
-    train, _, _ = load_scans(train_data, hard=False)
+    cv, hard, _, refs = load_scans(data)
+    scans = labelled(cv + ([hard] if hard is not None else []), refs)
+    train, _, _, train_refs = load_scans(train_data, hard=False)
+    train = labelled(train, train_refs)     # labels read only by --truth-optimal's rows
     profile = get_profile(preset) if preset in ("smoke", "quick", "paper") else get_profile("quick")
     result = {"dataset": str(data.resolve()), "train_dataset": str(train_data.resolve()), "preset": preset,
               "seed": args.seed, "train_seed": args.train_seed, "data_seconds": time.perf_counter() - t0}

@@ -155,8 +155,9 @@ class LabelConfig:
     ----------
     min_voxels, min_extent : pseudo-labels: connected pores smaller than this many voxels, or spanning
         fewer voxels than ``min_extent`` along any axis, are removed (``porelab.labels.suppress_small``).
-    threshold_labels : ``"truth"`` (the held-out scan's truth mask) or ``"alg1"`` (its Algorithm 1
-        labels): what an unsupervised model's F1-optimal threshold is chosen against.
+    threshold : what a fold's F1-optimal decision threshold is chosen against, label-free: ``"injected"``
+        (synthetic pores injected into the held-out scan, ``porelab.injection``) or ``"alg1"`` (the held-out
+        scan's Algorithm 1 labels, the paper's route). No setting lets the dataset's labels choose it.
     max_label_fraction : a threshold that labels more than this fraction of the part is degenerate (a score
         that does not separate pores); it is replaced by the ``100 (1 − max_label_fraction / 10)``-th
         percentile of the score inside the part.
@@ -164,12 +165,13 @@ class LabelConfig:
 
     min_voxels: int = 4
     min_extent: int = 2
-    threshold_labels: str = "truth"
+    threshold: str = "injected"
     max_label_fraction: float = 0.1
 
     def __post_init__(self):
-        if self.threshold_labels not in ("truth", "alg1"):
-            raise ConfigError(f"threshold_labels must be 'truth' or 'alg1', got {self.threshold_labels!r}")
+        if self.threshold not in ("injected", "alg1"):
+            raise ConfigError(f"labels.threshold must be 'injected' or 'alg1' (labels never choose it), "
+                              f"got {self.threshold!r}")
         if not 0 < self.max_label_fraction <= 1:
             raise ConfigError(f"max_label_fraction must be in (0, 1], got {self.max_label_fraction}")
         if self.min_voxels < 1 or self.min_extent < 1:

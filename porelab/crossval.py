@@ -4,16 +4,21 @@ A dataset's ``cv`` scans are the cross-validation scans, leave one out: with k =
 their number, the first k are held out in turn and every fold trains on all the others. The ``hard`` scan
 (the dataset's first ``test`` scan: the challenging one) is scored on every fold and never trained on.
 
-Labels are optional (a dataset of the user's own scans may have none): ``Scan.truth`` is then None, the
-metrics against it are not computed, and decisions fall back to Algorithm 1 labels (``Scan.alg1``).
+No label decides, by construction. A :class:`Scan` — what every decision sees — holds the grey values,
+the part found from them (Algorithm 1 steps 6-8) and Algorithm 1's labels, and no label of the dataset.
+The dataset's labels, where it has them, live apart in ``Context.references`` (:class:`Reference`), which
+only :func:`evaluate` reads, to report. Every decision of a fold — the residual mode of an unsupervised net,
+the decision threshold, the fold's main metric (hence the trial objective, the best fold, registration) —
+is made on **synthetic pores injected** into the held-out scan (``porelab.injection``: the scan's own
+contrast, blur and noise; placed away from Algorithm 1's candidate pores): the AP of the injected pores
+against the part's other voxels (``val_ap_inj``; ``val_ap_pp_inj`` after the post-processing) and the
+F1-optimal threshold on them. ``profile.labels.threshold = "alg1"`` chooses the threshold against Algorithm
+1 labels instead (the paper's route). Labels are optional: a dataset of the user's own scans may have none.
 
-Decisions are label-free where the design note asks for it, except where stated: a fold's decision threshold
-is F1-optimal on its held-out scan against the labels given (supervised nets: their training labels) or the
-profile's ``labels.threshold_labels`` (unsupervised nets); truth and Algorithm 1 labels are only reported.
-
-Metrics are voxel-wise AP, ROC-AUC and Dice of the pore class inside the part (the dataset's object mask),
-against the truth (``val_ap`` …) and against Algorithm 1 labels (``val_ap_alg1`` …), as Iuso et al. (2024)
-scored theirs. Tracking and pruning come in through :func:`run_folds`' hooks (``porelab.automl``).
+Reported metrics are voxel-wise AP, ROC-AUC and Dice of the pore class inside the part: against the
+dataset's labels (``val_ap`` …, inside the dataset's object mask when it gives one), against Algorithm 1
+labels (``val_ap_alg1`` …), as Iuso et al. (2024) scored theirs, and on the injected pores (``…_inj``).
+Tracking and pruning come in through :func:`run_folds`' hooks (``porelab.automl``).
 """
 
 from __future__ import annotations
@@ -38,16 +43,46 @@ METRIC_KEYS = ("ap", "auc", "dice")
 # ------------------------------------------------------------------------------------------------ data
 @dataclass
 class Scan:
-    """One scan in memory: raw grey values, normalised copy, truth (the dataset's labels; None when it has
-    none), object mask (the dataset's, else Algorithm 1 steps 6-8), Algorithm 1 labels."""
+    """One scan as decisions see it: raw grey values, normalised copy, the part (Algorithm 1 steps 6-8 on
+    the grey values), Algorithm 1 labels. It holds no label of the dataset (see :class:`Reference`)."""
 
     name: str
     raw: np.ndarray
     scan: np.ndarray
-    truth: np.ndarray | None
     object: np.ndarray
     alg1: np.ndarray
     role: str = "cv"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A scan's labels from the dataset (a simulation's truth, hand labels), for reporting only: ``labels``
+    (bool) counted inside ``region`` (the dataset's object mask, else the part found from the scan)."""
+
+    labels: np.ndarray
+    region: np.ndarray
+
+
+@dataclass
+class LabelledScan(Scan):
+    """A :class:`Scan` with its dataset labels (``truth``, counted inside ``region``), for benchmarks and
+    tests that report against them; the pipeline never makes one (:func:`labelled`)."""
+
+    truth: np.ndarray | None = None
+    region: np.ndarray | None = None
+
+
+def labelled(scans, references: dict[str, Reference]) -> list[LabelledScan]:
+    """``scans`` with their labels attached (a scan without labels: ``truth`` None, ``region`` its part)."""
+    import dataclasses
+
+    out = []
+    for s in scans:
+        ref = references.get(s.name)
+        base = {f.name: getattr(s, f.name) for f in dataclasses.fields(Scan)}
+        out.append(LabelledScan(**base, truth=None if ref is None else ref.labels,
+                                region=s.object if ref is None else ref.region))
+    return out
 
 
 @dataclass
@@ -64,16 +99,20 @@ class Context:
     progress: bool = False
     notes: list[str] = field(default_factory=list)
     cache: dict = field(default_factory=dict)
+    #: scan name → the dataset's labels; read only by :func:`evaluate` (reporting), never by a decision
+    references: dict[str, Reference] = field(default_factory=dict, repr=False)
 
 
-def load_scans(data_dir, *, hard: bool = True) -> tuple[list[Scan], Scan | None, object]:
-    """A dataset (manifest) as :class:`Scan` objects, each normalised on its own; ``(cv, hard, manifest)``.
+def load_scans(data_dir, *, hard: bool = True) -> tuple[list[Scan], Scan | None, object, dict[str, Reference]]:
+    """A dataset (manifest) as :class:`Scan` objects, each normalised on its own, and the dataset's labels
+    apart; ``(cv, hard, manifest, references)``.
 
     The normalisation is ``Normalisation.fit(scan)`` without a mask, exactly what ``PoreModel.predict``
     refits on every scan it scores, so training and inference see the same grey levels. Cross-validation
-    needs at least 2 cv scans (``ConfigError`` otherwise). A scan without labels gets ``truth=None``; without
-    an object mask file, the object of the same Algorithm 1 pass that gives ``alg1``. ``hard`` is the first
-    test scan.
+    needs at least 2 cv scans (``ConfigError`` otherwise). A scan's part is the object of the Algorithm 1
+    pass that gives ``alg1``, whatever the dataset holds; ``references`` maps each labelled scan's name to its
+    :class:`Reference` (its labels inside the dataset's object mask, else inside that part). ``hard`` is the
+    first test scan.
     """
     from porelab.dataset import load_manifest
     from porelab.labels import run_algorithm1
@@ -83,20 +122,23 @@ def load_scans(data_dir, *, hard: bool = True) -> tuple[list[Scan], Scan | None,
     if len(ds.cv) < 2:
         raise ConfigError(f"{data_dir}: cross-validation needs at least 2 cv scans, found {len(ds.cv)}")
 
+    references: dict[str, Reference] = {}
+
     def make(info) -> Scan:
         raw, truth, obj = info.load(mmap=False, derive_object=False)
         raw = np.ascontiguousarray(raw, dtype=np.float32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             alg1 = run_algorithm1(raw)
-        obj = alg1.object if obj is None else np.asarray(obj) > 0
-        return Scan(info.name, raw, Normalisation.fit(raw).apply(raw),
-                    None if truth is None else np.asarray(truth) > 0, obj, np.asarray(alg1.pores, bool),
+        part = np.asarray(alg1.object, bool)
+        if truth is not None:
+            references[info.name] = Reference(np.asarray(truth) > 0, part if obj is None else np.asarray(obj) > 0)
+        return Scan(info.name, raw, Normalisation.fit(raw).apply(raw), part, np.asarray(alg1.pores, bool),
                     info.role)
 
     cv = [make(i) for i in ds.cv]
     hard_scan = make(ds.hard) if hard and ds.hard is not None else None
-    return cv, hard_scan, ds
+    return cv, hard_scan, ds, references
 
 
 def make_context(profile, data_dir, seed: int = 0, *, workdir=None, progress: bool = False,
@@ -108,7 +150,7 @@ def make_context(profile, data_dir, seed: int = 0, *, workdir=None, progress: bo
     """
     prof = get_profile(profile)
     root = Path(data_dir)
-    cv, hard_scan, ds = load_scans(root, hard=hard)
+    cv, hard_scan, ds, references = load_scans(root, hard=hard)
     notes = []
     if hard and len(ds.test) > 1:
         notes.append(f"{len(ds.test)} test scans: {ds.test[0].name} is scored as the hard scan, "
@@ -124,19 +166,20 @@ def make_context(profile, data_dir, seed: int = 0, *, workdir=None, progress: bo
     if workdir:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-    return Context(prof, int(seed), cv, hard_scan, list(folds), workdir or None, root, progress, notes)
+    return Context(prof, int(seed), cv, hard_scan, list(folds), workdir or None, root, progress, notes,
+                   references=references)
 
 
 def label_source(ctx: Context, labels) -> dict[str, np.ndarray]:
     """Training labels per cv scan: ``"truth"``, ``"alg1"`` (``"heuristic"``: Algorithm 1), or a folder of
     ``<scan>_pseudo.npy`` / ``<scan>.npy`` files (as ``porelab pseudolabel`` writes). ``"truth"`` on a
     dataset whose cv scans lack labels is a ``ConfigError``."""
-    if labels == "truth":
-        missing = [s.name for s in ctx.cv if s.truth is None]
+    if labels == "truth":     # the user's explicit choice of training data, not a decision of the pipeline
+        missing = [s.name for s in ctx.cv if s.name not in ctx.references]
         if missing:
             raise ConfigError(f"{ctx.dataset_root}: cv scans without labels: {', '.join(missing)}; train on "
                               "Algorithm 1 labels (heuristic) or pseudo-labels instead")
-        return {s.name: s.truth for s in ctx.cv}
+        return {s.name: ctx.references[s.name].labels for s in ctx.cv}
     if labels in ("alg1", "heuristic"):
         return {s.name: s.alg1 for s in ctx.cv}
     return load_label_folder(labels, ctx)
@@ -175,20 +218,44 @@ def default_net_kwargs(profile: Profile, net: str, scale: float | None = None) -
 
 # ------------------------------------------------------------------------------------------ evaluation
 def evaluate(score: np.ndarray, scan: Scan, prefix: str, suffix: str = "",
-             threshold: float | None = None) -> dict:
-    """``{prefix}_ap{suffix}``, ``_auc``, ``_dice`` vs the truth and ``…_alg1`` vs Algorithm 1 labels,
-    counted inside the part (a scan without truth: only the latter). Dice at ``threshold`` (the model's),
-    else at the F1-optimal threshold."""
+             threshold: float | None = None, reference: Reference | None = None) -> dict:
+    """Reported metrics of a score: ``{prefix}_ap{suffix}``, ``_auc``, ``_dice`` against ``reference`` (the
+    dataset's labels inside its region; nothing without one) and ``…_alg1`` against Algorithm 1 labels inside
+    the scan's part. Dice at ``threshold`` (the model's), else at the F1-optimal threshold."""
     from porelab.metrics import evaluate_scores
 
     out = {}
-    for family, labels in (("", scan.truth), ("_alg1", scan.alg1)):
-        if labels is None or not labels[scan.object].any():
+    pairs = [("_alg1", scan.alg1, scan.object)]
+    if reference is not None:
+        pairs.insert(0, ("", reference.labels, reference.region))
+    for family, labels, region in pairs:
+        if not labels[region].any():
             continue
-        m = evaluate_scores(score, labels, mask=scan.object, threshold=threshold)
+        m = evaluate_scores(score, labels, mask=region, threshold=threshold)
         for k in METRIC_KEYS:
             out[f"{prefix}_{k}{suffix}{family}"] = float(m[k])
     return out
+
+
+def injection_for(ctx: Context, scan: Scan):
+    """The synthetic pores injected into ``scan`` for label-free validation (``porelab.injection``), made
+    once per scan and context and cached: every trial and fold of a search is judged on the same pores.
+    Their seed comes from the context's seed and the scan's name; they keep out of the skin the nets'
+    post-processing suppresses and away from Algorithm 1's candidate pores (dilated by 2 voxels), so that
+    an injected pore never lands on a real one."""
+    key = ("injection", scan.name)
+    if key not in ctx.cache:
+        import zlib
+
+        from scipy import ndimage
+
+        from porelab.injection import inject_pores
+
+        exclude = ndimage.binary_dilation(scan.alg1, iterations=2)
+        seed = (int(ctx.seed) * 1_000_003 + zlib.crc32(scan.name.encode())) % (2 ** 31)
+        ctx.cache[key] = inject_pores(scan.raw, scan.object, seed=seed, exclude=exclude,
+                                      margin=int(ctx.profile.skin) + 1)
+    return ctx.cache[key]
 
 
 def mean_metrics(fold_metrics: list[dict]) -> dict:
@@ -254,64 +321,79 @@ def train_fold(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict,
     return model, history
 
 
-def score_fold(ctx: Context, model, fold: int, *, threshold_labels: dict[str, np.ndarray] | None = None):
-    """Score the held-out and the hard scan; set the model's threshold (and residual); ``(metrics, curves)``.
+def _scores(model, raw: np.ndarray, residuals: tuple) -> dict:
+    """``{residual: (A, A_pores)}`` of an unsupervised model, ``{None: (probability,)}`` of a supervised one."""
+    if model.kind == "unsupervised":
+        return model.unsupervised_scores(raw, residuals)
+    return {None: (model.predict(raw, progress=False),)}
 
-    Threshold (design note §6: F1-optimal on a labelled validation scan): against the held-out scan's
-    ``threshold_labels`` when given (supervised nets: their training labels); else against
-    ``profile.labels.threshold_labels``: ``"truth"`` (the held-out scan's truth mask) or ``"alg1"``
-    (Algorithm 1 labels: no truth needed, but on the simulated scans those labels reach a Dice of only
-    ≈ 0.16 against the truth, so the threshold they give is poor; a held-out scan without truth falls back
-    to them). Never the hard scan. Curves are kept for scans with truth only. A threshold that
-    labels more than ``labels.max_label_fraction`` of the part is clamped (:func:`clamp_threshold`).
-    Unsupervised nets score every residual of ``search.residuals`` from one reconstruction and keep the
-    one with the best post-processed AP on the held-out scan.
+
+def score_fold(ctx: Context, model, fold: int):
+    """Make the fold's decisions on injected pores, then score the held-out and the hard scan to report;
+    ``(metrics, curves)``. Sets the model's threshold (and residual).
+
+    Decisions (label-free; :func:`injection_for`): an unsupervised net scores every residual of
+    ``search.residuals`` on the injected held-out scan from one reconstruction and keeps the one with the
+    best post-processed AP on the injected pores (``val_ap_pp_inj_<mode>``); the decision threshold is
+    F1-optimal on the injected pores (``profile.labels.threshold = "alg1"``: against Algorithm 1 labels of
+    the held-out scan), clamped when it labels more than ``labels.max_label_fraction`` of the part
+    (:func:`clamp_threshold`). ``val_ap_inj`` (``val_ap_pp_inj`` after the post-processing) is the fold's
+    label-free score. Then the clean held-out scan and the hard scan are scored and :func:`evaluate`
+    reports against the dataset's labels (``ctx.references``) and Algorithm 1; PR/ROC curves are kept for
+    scans with labels. The hard scan is never used for a decision.
     """
-    from porelab.metrics import evaluate_scores
-    from porelab.model import choose_threshold
+    from porelab.injection import injected_metrics
 
     val = ctx.cv[fold]
-    targets = [("val", val)] + ([("hard", ctx.hard)] if ctx.hard is not None else [])
-    metrics, curves, scores = {}, {}, {}
     unsup = model.kind == "unsupervised"
-    residuals = tuple(ctx.profile.search.residuals) if unsup else ()
-    for prefix, s in targets:
-        if unsup:
-            scores[prefix] = model.unsupervised_scores(s.raw, residuals)
-        else:
-            scores[prefix] = (model.predict(s.raw, progress=False),)
-    if threshold_labels is not None:
-        ref = threshold_labels[val.name]
-    elif (ctx.profile.labels.threshold_labels == "alg1" or val.truth is None
-          or not val.truth[val.object].any()):
-        ref = val.alg1
-    else:
-        ref = val.truth
-    if unsup:     # the residual mode, like the threshold, is chosen on the labelled validation scan
-        choice = {}
-        for mode in residuals:
-            choice[mode] = float(evaluate_scores(scores["val"][mode][1], ref, mask=val.object)["ap"])
-            metrics[f"val_ap_pp_{mode}"] = choice[mode]
+    residuals = tuple(ctx.profile.search.residuals) if unsup else (None,)
+    metrics: dict = {}
+    inj = injection_for(ctx, val)
+    s_inj = _scores(model, inj.scan, residuals)
+    if unsup:
+        choice = {mode: float(injected_metrics(s_inj[mode][1], inj, val.object)["ap"]) for mode in residuals}
+        metrics.update({f"val_ap_pp_inj_{mode}": v for mode, v in choice.items()})
         model.residual = max(residuals, key=lambda m: (choice[m], m == "abs"))
-        model.meta["residual_choice"] = {"chosen": model.residual, "val_ap_pp": choice}
-        scores = {k: v[model.residual] for k, v in scores.items()}
+        model.meta["residual_choice"] = {"chosen": model.residual, "val_ap_pp_inj": choice}
+    chosen = s_inj[model.residual if unsup else None]
+    im = injected_metrics(chosen[-1], inj, val.object)
+    key = "val_{}_pp_inj" if unsup else "val_{}_inj"
+    metrics.update({key.format(k): float(im[k]) for k in ("ap", "auc", "dice", "f1")})
+    if unsup:
+        metrics["val_ap_inj"] = float(injected_metrics(chosen[0], inj, val.object)["ap"])
+    metrics["injected_pores"] = len(inj.pores)
+    model.meta["injection"] = {"scan": val.name, "seed": int(inj.seed), "pores": len(inj.pores),
+                               "acquisition": inj.acquisition.to_dict()}
+
+    targets = [("val", val)] + ([("hard", ctx.hard)] if ctx.hard is not None else [])
+    scores = {prefix: _scores(model, s.raw, (model.residual,) if unsup else (None,))
+              [model.residual if unsup else None] for prefix, s in targets}
     main = scores["val"][-1]
-    threshold, policy = choose_threshold(main, ref, kind=model.kind, object_mask=val.object)
+    if ctx.profile.labels.threshold == "alg1" and val.alg1[val.object].any():
+        from porelab.model import choose_threshold
+
+        threshold, policy = choose_threshold(main, val.alg1, kind=model.kind, object_mask=val.object)
+        policy = f"{policy} (Algorithm 1 labels of {val.name})"
+    else:
+        threshold = float(im["threshold"])
+        policy = f"f1-optimal on {len(inj.pores)} pores injected into held-out scan {val.name}"
     model.threshold, policy = clamp_threshold(main, val.object, threshold, policy,
                                               float(ctx.profile.labels.max_label_fraction))
     model.meta["threshold_policy"] = policy
+
+    curves = {}
     for prefix, s in targets:
-        sc = scores[prefix]
+        sc, ref = scores[prefix], ctx.references.get(s.name)
         if unsup:
-            metrics.update(evaluate(sc[0], s, prefix, threshold=None))
-            metrics.update(evaluate(sc[1], s, prefix, "_pp", threshold=model.threshold))
-            if s.truth is not None:
-                curves[f"{prefix} raw"] = (sc[0], s.truth, s.object)
-                curves[f"{prefix} post-processed"] = (sc[1], s.truth, s.object)
+            metrics.update(evaluate(sc[0], s, prefix, threshold=None, reference=ref))
+            metrics.update(evaluate(sc[1], s, prefix, "_pp", threshold=model.threshold, reference=ref))
+            if ref is not None:
+                curves[f"{prefix} raw"] = (sc[0], ref.labels, ref.region)
+                curves[f"{prefix} post-processed"] = (sc[1], ref.labels, ref.region)
         else:
-            metrics.update(evaluate(sc[0], s, prefix, threshold=model.threshold))
-            if s.truth is not None:
-                curves[prefix] = (sc[0], s.truth, s.object)
+            metrics.update(evaluate(sc[0], s, prefix, threshold=model.threshold, reference=ref))
+            if ref is not None:
+                curves[prefix] = (sc[0], ref.labels, ref.region)
     metrics["threshold"] = float(model.threshold)
     return metrics, curves
 
@@ -328,20 +410,20 @@ class FoldResult:
 
 
 def fit_fold(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict, fold: int, *,
-             labels: dict[str, np.ndarray] | None = None, threshold_labels=None, seed: int = 0,
+             labels: dict[str, np.ndarray] | None = None, seed: int = 0,
              on_epoch=None, overrides: dict | None = None, checkpoint_dir=None) -> FoldResult:
     """Train a net on a fold and choose its threshold: :func:`train_fold` then :func:`score_fold`.
 
     The one recipe behind ``porelab train`` (one fold: the last cv scan validates), ``porelab cv`` and every
-    trial of the AutoML pipeline. ``threshold_labels`` default to ``labels``; the metrics get the epochs,
-    the best epoch and the training and scoring seconds.
+    trial of the AutoML pipeline. ``labels`` are the training labels of supervised nets; the threshold is
+    chosen label-free (:func:`score_fold`). The metrics get the epochs, the best epoch and the training and
+    scoring seconds.
     """
     t0 = time.perf_counter()
     model, history = train_fold(ctx, net_name, net_kwargs, loss_params, fold, labels=labels, seed=seed,
                                 on_epoch=on_epoch, overrides=overrides, checkpoint_dir=checkpoint_dir)
     train_s = time.perf_counter() - t0
-    metrics, curves = score_fold(ctx, model, fold,
-                                 threshold_labels=labels if threshold_labels is None else threshold_labels)
+    metrics, curves = score_fold(ctx, model, fold)
     metrics.update({"epochs": history["epochs"], "best_epoch": history["best_epoch"] or 0,
                     "train_seconds": train_s, "score_seconds": time.perf_counter() - t0 - train_s})
     return FoldResult(fold, model, history, metrics, curves)
@@ -364,7 +446,7 @@ class FoldHooks:
 
 
 def run_folds(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict, *, labels=None, seed: int = 0,
-              main_metric: str = "val_ap", tag: str = "", hooks: FoldHooks | None = None):
+              main_metric: str = "val_ap_inj", tag: str = "", hooks: FoldHooks | None = None):
     """Cross-validate one configuration over ``ctx.folds`` (fold ``i`` trains with seed ``seed + i``).
 
     Returns ``(fold_metrics, best_model_dir)``: the folder (under ``ctx.workdir``) of the fold with the best
@@ -398,6 +480,26 @@ def run_folds(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict, 
     return fold_metrics, best_dir
 
 
-__all__ = ["METRIC_KEYS", "Context", "FoldHooks", "FoldResult", "Scan", "clamp_threshold", "default_net_kwargs",
-           "evaluate", "fit_fold", "label_source", "load_label_folder", "load_scans", "make_context",
-           "mean_metrics", "run_folds", "score_fold", "train_fold"]
+__all__ = [
+    "METRIC_KEYS",
+    "Context",
+    "FoldHooks",
+    "FoldResult",
+    "LabelledScan",
+    "Reference",
+    "Scan",
+    "clamp_threshold",
+    "default_net_kwargs",
+    "evaluate",
+    "fit_fold",
+    "injection_for",
+    "label_source",
+    "labelled",
+    "load_label_folder",
+    "load_scans",
+    "make_context",
+    "mean_metrics",
+    "run_folds",
+    "score_fold",
+    "train_fold",
+]

@@ -10,7 +10,8 @@ from porelab.errors import ConfigError
 
 
 def pseudo_labels(scans: Sequence, predict: Callable[[np.ndarray], np.ndarray], *, threshold: float,
-                  min_voxels: int = 1, min_extent: int = 1) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+                  min_voxels: int = 1, min_extent: int = 1,
+                  references: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """Pseudo-labels of scans from a pore score: the best unsupervised model labels the training scans of the
     supervised nets (Iuso et al. 2024, §4.6 and §5.4).
 
@@ -27,6 +28,9 @@ def pseudo_labels(scans: Sequence, predict: Callable[[np.ndarray], np.ndarray], 
     predict : callable
         Raw float32 (z, y, x) scan → score of the same shape (a ``PoreModel.predict`` or a pyfunc model's).
     threshold, min_voxels, min_extent : float, int, int
+    references : dict, optional
+        Scan name → ``porelab.crossval.Reference`` (the dataset's labels): read only for the statistics
+        against them, after the labels are made.
 
     Returns
     -------
@@ -35,7 +39,8 @@ def pseudo_labels(scans: Sequence, predict: Callable[[np.ndarray], np.ndarray], 
     stats : dict
         Scan name → ``role``, ``porosity_percent`` (labelled voxels / part), ``true_porosity_percent``,
         ``pore_count`` (6-connected components), ``dice_vs_truth``, ``dice_vs_alg1`` and
-        ``alg1_dice_vs_truth`` (all inside the part; those against the truth NaN when ``scan.truth`` is None).
+        ``alg1_dice_vs_truth`` (inside the part; those against the labels inside the reference's region, NaN
+        for a scan without a reference).
     """
     from scipy import ndimage
 
@@ -51,17 +56,21 @@ def pseudo_labels(scans: Sequence, predict: Callable[[np.ndarray], np.ndarray], 
         mask = suppress_small((score >= threshold) & s.object, min_voxels=int(min_voxels),
                               min_extent=int(min_extent))
         n_obj = int(s.object.sum())
-        truth = s.truth
-        nan = float("nan")    # a scan without truth: the statistics against it are NaN
+        ref = (references or {}).get(s.name)
+        nan = float("nan")    # a scan without labels: the statistics against them are NaN
         stats[s.name] = {
             "role": s.role, "porosity_percent": 100.0 * int(mask.sum()) / max(n_obj, 1),
-            "true_porosity_percent": nan if truth is None else 100.0 * int((truth & s.object).sum()) / max(n_obj, 1),
             "pore_count": int(ndimage.label(mask)[1]),
-            "dice_vs_truth": nan if truth is None else float(dice(mask.astype(np.float32), truth, 0.5, mask=s.object)),
             "dice_vs_alg1": float(dice(mask.astype(np.float32), s.alg1, 0.5, mask=s.object)),
-            "alg1_dice_vs_truth": (nan if truth is None
-                                   else float(dice(s.alg1.astype(np.float32), truth, 0.5, mask=s.object))),
+            "true_porosity_percent": nan, "dice_vs_truth": nan, "alg1_dice_vs_truth": nan,
         }
+        if ref is not None:   # reporting, after the labels are made
+            truth, region = ref.labels, ref.region
+            stats[s.name].update({
+                "true_porosity_percent": 100.0 * int((truth & region).sum()) / max(int(region.sum()), 1),
+                "dice_vs_truth": float(dice(mask.astype(np.float32), truth, 0.5, mask=region)),
+                "alg1_dice_vs_truth": float(dice(s.alg1.astype(np.float32), truth, 0.5, mask=region)),
+            })
         if s.role == "cv":
             labels[s.name] = mask
     return labels, stats

@@ -17,9 +17,10 @@ TINY_FOREST = {"n_estimators": 8, "max_depth": 6, "max_pore_voxels": 1_000}
 
 @pytest.fixture(scope="module")
 def scans(smoke_dataset):
-    from porelab.crossval import load_scans
+    from porelab.crossval import labelled, load_scans
 
-    cv, hard, _ = load_scans(smoke_dataset.root)
+    cv, hard, _, refs = load_scans(smoke_dataset.root)
+    cv, (hard,) = labelled(cv, refs), labelled([hard], refs)
     return cv, hard
 
 
@@ -55,7 +56,7 @@ def test_every_row_scores_pores_above_the_metal_and_nothing_in_the_skin(name, fi
         assert score.shape == s.raw.shape and score.dtype == np.float32
         assert np.isfinite(score).all() and (score >= 0).all()
         assert not score[~keep].any()
-        inside = s.object
+        inside = s.region
         assert score[s.truth & inside].mean() > score[~s.truth & inside].mean()
         frac = s.truth[inside].mean()
         assert average_precision(score, s.truth, mask=inside) > 8 * frac, (name, s.name)
@@ -66,17 +67,17 @@ def test_the_learned_and_tuned_rows_beat_algorithm_1_labels(fitted, scans):
     from porelab.metrics import average_precision
 
     s = scans[0][0]
-    ap = {n: average_precision(p(s), s.truth, mask=s.object) for n, p in fitted.items()}
+    ap = {n: average_precision(p(s), s.truth, mask=s.region) for n, p in fitted.items()}
     base = ap.pop("Algorithm 1 labels (as score)")
     assert all(v > base + 0.1 for v in ap.values()), ap
 
 
 def test_choices_use_no_labels(scans, profile):
-    """Truth and the dataset's object mask replaced by random masks: identical choices and scores."""
+    """Labels and the dataset's object mask replaced by random masks: identical choices and scores."""
     cv, _ = scans
     rng = np.random.default_rng(7)
     train = cv[1:3]
-    fake = [dataclasses.replace(s, truth=rng.random(s.raw.shape) < 0.05, object=rng.random(s.raw.shape) < 0.5)
+    fake = [dataclasses.replace(s, truth=rng.random(s.raw.shape) < 0.05, region=rng.random(s.raw.shape) < 0.5)
             for s in train]
     small = {"black top-hat": {"smooth_grid": (0.0, 0.7)},
              "Sauvola threshold": {"windows": (7, 11), "ks": (0.1, 0.3)}}

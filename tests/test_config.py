@@ -35,7 +35,7 @@ def test_search_and_label_settings_are_the_recorded_ones(name):
     assert (prof.skin, prof.smooth, prof.tophat_radius) == (rec["skin"], rec["smooth"], rec["tophat_radius"])
     lab = prof.labels
     assert {"pseudo_label_min_voxels": lab.min_voxels, "pseudo_label_min_extent": lab.min_extent,
-            "threshold_labels": lab.threshold_labels, "max_label_fraction": lab.max_label_fraction} == rec["labels"]
+            "threshold": lab.threshold, "max_label_fraction": lab.max_label_fraction} == rec["labels"]
     assert {"sim_preset": prof.sim_preset, "patch": prof.patch, "net_scale": prof.net_scale,
             "folds": prof.folds} == rec["scale"]
 
@@ -72,8 +72,8 @@ def test_bad_settings_are_one_line_config_errors():
         SearchSpace(supervised_nets=("vae",))
     with pytest.raises(ConfigError, match="residuals"):
         SearchSpace(residuals=("both",))
-    with pytest.raises(ConfigError, match="threshold_labels"):
-        LabelConfig(threshold_labels="guess")
+    with pytest.raises(ConfigError, match="labels never choose it"):
+        LabelConfig(threshold="truth")
     with pytest.raises(ConfigError, match="max_label_fraction"):
         LabelConfig(max_label_fraction=0)
     with pytest.raises(ConfigError, match="unknown profile 'nope'"):

@@ -80,7 +80,7 @@ def test_score_fold_clamps_a_degenerate_threshold(ctx):
             return np.full(raw.shape, 0.3, np.float32)
 
     model = Flat()
-    metrics, _ = crossval.score_fold(ctx, model, 0, threshold_labels=crossval.label_source(ctx, "truth"))
+    metrics, _ = crossval.score_fold(ctx, model, 0)
     assert model.meta["threshold_policy"].startswith("99th percentile in the part")
     assert metrics["threshold"] == model.threshold == pytest.approx(0.3)
 
@@ -115,7 +115,8 @@ def test_classical_rows_are_fitted_on_each_folds_training_scans(ctx):
     fold = ctx.folds[1]
     pred = get_baseline("black top-hat")([s for i, s in enumerate(ctx.cv) if i != fold], ctx.profile, seed=0)
     held = ctx.cv[fold]
-    assert rows["black top-hat"][1]["val_ap"] == crossval.evaluate(pred(held), held, "val")["val_ap"]
+    ref = ctx.references[held.name]
+    assert rows["black top-hat"][1]["val_ap"] == crossval.evaluate(pred(held), held, "val", reference=ref)["val_ap"]
     assert any(n.startswith(f"black top-hat, fold {fold}") and "radius" in n for n in ctx.notes)
     with pytest.raises(ConfigError, match="available: Algorithm 1 labels"):
         get_baseline("otsu")

@@ -88,10 +88,10 @@ def test_dataset_over_tiff_and_nifti_with_optional_labels(tmp_path, scans, smoke
     ds = load_manifest(out)
     assert [s.role for s in ds.samples] == ["cv", "cv", "cv", "test"] and ds.hard.name == "cube"
     assert not ds.labelled and ds["cyl1"].truth == scans["cyl1_mask"] and ds["cyl3"].labels is None
-    cv, hard, _ = crossval.load_scans(out)
+    cv, hard, _, refs = crossval.load_scans(out)
     assert [s.name for s in cv] == ["cyl1", "cyl2", "cyl3"] and hard.name == "cube" and hard.role == "test"
-    np.testing.assert_array_equal(cv[0].truth, np.asarray(smoke_dataset["cyl1"].load()[1]) > 0)
-    assert cv[1].truth is None and cv[2].truth is None and hard.truth is None
+    np.testing.assert_array_equal(refs["cyl1"].labels, np.asarray(smoke_dataset["cyl1"].load()[1]) > 0)
+    assert set(refs) == {"cyl1"} and not hasattr(cv[0], "truth")       # labels live apart from the scans
     from porelab.labels import object_mask
 
     for s in cv + [hard]:                                 # the object derived from the scan (Alg. 1 steps 6-8)
@@ -102,9 +102,9 @@ def test_dataset_over_tiff_and_nifti_with_optional_labels(tmp_path, scans, smoke
     assert labels is None and obj.dtype == bool and obj.shape == scan.shape
     assert ds["cyl2"].load(derive_object=False)[2] is None
     # a labelless held-out scan: only the Algorithm 1 metrics, nothing against a truth it does not have
-    metrics = crossval.evaluate(cv[1].scan, cv[1], "val")
+    metrics = crossval.evaluate(cv[1].scan, cv[1], "val", reference=refs.get("cyl2"))
     assert metrics and all(k.endswith("_alg1") for k in metrics)
-    assert set(crossval.evaluate(cv[0].scan, cv[0], "val")) >= {"val_ap", "val_ap_alg1"}
+    assert set(crossval.evaluate(cv[0].scan, cv[0], "val", reference=refs["cyl1"])) >= {"val_ap", "val_ap_alg1"}
 
 
 def test_npy_without_spacing_needs_the_option(tmp_path, scans):
@@ -227,6 +227,8 @@ def test_train_unsupervised_on_a_labelless_dataset(tmp_path, labelless):
     assert summary["val_ap"] is None and summary["epochs"] == 1         # no truth: no metric against it
     meta = json.loads((tmp_path / "vae" / "model.json").read_text())["meta"]
     assert meta["validation_scan"] == "cyl3" and "val_ap_alg1" in meta["validation_metrics"]
+    assert summary["val_ap_inj"] == meta["validation_metrics"]["val_ap_pp_inj"]     # the label-free score
+    assert meta["threshold_policy"].startswith("f1-optimal on") and "injected" in meta["threshold_policy"]
     r = run("train", "--data", labelless, "--net", "unet", "-o", tmp_path / "u", "--profile", "smoke",
             "--labels", "truth")
     one_error_line(r, "without labels", "cyl1, cyl2, cyl3", "heuristic")

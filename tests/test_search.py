@@ -76,8 +76,9 @@ def test_search_runs_nest_study_trial_fold_with_fold_metrics(smoke_search, smoke
     folds = _fold_runs(parent.info.run_id)
     assert len(folds) == 2 * len(make_context("smoke", smoke_dataset.root, 0).folds)
     for f in folds:
-        assert {"val_ap", "val_auc", "val_dice", "hard_ap", "hard_auc", "val_ap_alg1"} <= set(f.data.metrics)
-        assert 0.0 <= f.data.metrics["val_ap"] <= 1.0
+        assert {"val_ap", "val_auc", "val_dice", "hard_ap", "hard_auc", "val_ap_alg1", "val_ap_inj",
+                "injected_pores"} <= set(f.data.metrics)
+        assert f.data.metrics["injected_pores"] >= 3
         assert len(client.get_metric_history(f.info.run_id, "train_loss")) >= 1
     assert parent.data.tags["porelab.dataset_sha256"]
     assert parent.data.params["profile"] == "smoke"
@@ -87,12 +88,12 @@ def test_search_keeps_the_residual_that_won_on_validation(smoke_search):
     folds = _fold_runs(smoke_search["summary"]["run_id"])
     unsup_folds = [f for f in folds if "val_ap_pp" in f.data.metrics]
     assert len(unsup_folds) == len(folds) // 2
-    for f in unsup_folds:      # both residuals scored; the fold's model uses the better one on validation
+    for f in unsup_folds:      # both residuals scored on the injected pores; the fold keeps the better one
         m = f.data.metrics
-        assert m["val_ap_pp_abs"] >= 0 and m["val_ap_pp_dark"] >= 0
+        assert max(m["val_ap_pp_inj_abs"], m["val_ap_pp_inj_dark"]) == m["val_ap_pp_inj"]
     chosen = tracking.resolve_model(pipeline.UNSUPERVISED_NAME)
-    choice = chosen.meta["residual_choice"]
-    assert choice["chosen"] == chosen.residual == max(choice["val_ap_pp"], key=choice["val_ap_pp"].get)
+    choice = chosen.meta["residual_choice"]["val_ap_pp_inj"]
+    assert chosen.meta["residual_choice"]["chosen"] == chosen.residual == max(choice, key=choice.get)
 
 
 def test_search_logs_tables_and_plots_on_the_parent_run(smoke_search, smoke_dataset):
@@ -119,7 +120,8 @@ def test_search_run_is_named_in_the_project_experiment_marked_as_model_training(
     assert run.info.run_name == "smoke-porelab-seed0"
     m = run.data.metrics
     assert {"unsupervised_val_ap", "unsupervised_val_ap_pp", "unsupervised_test_ap", "unsupervised_test_ap_pp",
-            "supervised_val_ap", "supervised_test_ap", "cost_seconds"} <= set(m)
+            "supervised_val_ap", "supervised_test_ap", "unsupervised_val_ap_pp_inj", "supervised_val_ap_inj",
+            "cost_seconds"} <= set(m)
     assert 0 <= m["unsupervised_val_ap_pp"] <= 1 and m["cost_seconds"] > 0
     assert {"spent_seconds_data", "spent_seconds_study_unsupervised", "spent_seconds_pseudo_labels",
             "spent_seconds_study_supervised", "spent_seconds_summary"} <= set(m)

@@ -83,8 +83,10 @@ def test_promotion_policy_stages_and_aliases(mlflow_env):
     tracking.setup_mlflow("reg")
     name = "porelab-unsupervised"
     policy = tracking.load_policy()
-    assert tracking.policy_for(policy, name)["metric"] == "val_ap_pp"
-    assert tracking.policy_for(policy, "porelab-supervised")["metric"] == "val_ap"
+    from porelab.automl.spaces import MAIN_METRIC
+
+    assert tracking.policy_for(policy, name)["metric"] == MAIN_METRIC["unsupervised"]
+    assert tracking.policy_for(policy, "porelab-supervised")["metric"] == MAIN_METRIC["supervised"]
 
     v1 = str(_register(name, 1.0))
     r1 = tracking.promote(name, v1, 0.5, policy=policy)

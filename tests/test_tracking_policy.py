@@ -23,8 +23,11 @@ POLICY = REPO / "registry" / "policy.json"
 def test_the_policy_holds_promotion_only():
     policy = json.loads(POLICY.read_text())
     assert set(policy) == {"metric", "greater_is_better", "min_improvement", "models"}
-    assert policy_for(policy, "porelab-supervised")["metric"] == "val_ap"
-    assert policy_for(policy, "porelab-unsupervised")["metric"] == "val_ap_pp"
+    # promotion judges by the studies' own label-free objective (injected pores), never by the labels
+    from porelab.automl.spaces import MAIN_METRIC
+
+    assert policy_for(policy, "porelab-supervised")["metric"] == MAIN_METRIC["supervised"] == "val_ap_inj"
+    assert policy_for(policy, "porelab-unsupervised")["metric"] == MAIN_METRIC["unsupervised"] == "val_ap_pp_inj"
 
 
 def test_this_install_reads_the_repository_file_as_package_data():

@@ -140,7 +140,7 @@ def model_pseudo_labels(ctx: Context, model=f"models:/{UNSUPERVISED_NAME}@produc
     cfg = ctx.profile.labels
     scans = ctx.cv + ([ctx.hard] if ctx.hard is not None else [])
     labels, stats = pseudo_labels(scans, predict, threshold=threshold, min_voxels=cfg.min_voxels,
-                                  min_extent=cfg.min_extent)
+                                  min_extent=cfg.min_extent, references=ctx.references)
     info = {"model_uri": model_uri, "threshold": threshold, "min_voxels": cfg.min_voxels,
             "min_extent": cfg.min_extent, "model_version": meta.get("trial_run")}
     return labels, stats, info
@@ -214,7 +214,8 @@ def log_registered_curves(ctx: Context) -> None:
     scans = [s for s in (ctx.hard, ctx.cv[0]) if s is not None]
     models = {f"{name} (production)": tracking.resolve_model(name) for name in (UNSUPERVISED_NAME, SUPERVISED_NAME)}
     with tempfile.TemporaryDirectory() as tmp:
-        for png in model_curves(scans, models, tmp, profile=ctx.profile, train_scans=ctx.cv):
+        for png in model_curves(scans, models, tmp, profile=ctx.profile, train_scans=ctx.cv,
+                                references=ctx.references):
             mlflow.log_artifact(str(png), "plots")
 
 
@@ -462,7 +463,7 @@ def run_cv(net: str, profile: str = "quick", data=None, labels: str = "truth", s
         tracking.log_params({"net": net, "net_kwargs": kwargs, "loss": loss_params or {}, "labels": labels,
                              "profile": prof.name, "seed": seed})
         folds, _ = run_folds(ctx, net, kwargs, loss_params or {}, labels=lab, seed=seed,
-                             main_metric="val_ap" if lab is not None else "val_ap_pp",
+                             main_metric="val_ap_inj" if lab is not None else "val_ap_pp_inj",
                              hooks=tracked_folds(ctx, net))
         summary = mean_metrics(folds)
         tracking.log_metrics(summary)

@@ -71,7 +71,7 @@ def _has_complete(study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def tracked_folds(ctx: Context, net: str, trial=None, main_metric: str = "val_ap", *, clock=None,
+def tracked_folds(ctx: Context, net: str, trial=None, main_metric: str = "val_ap_inj", *, clock=None,
                   max_epochs: int | None = None) -> FoldHooks:
     """:class:`~porelab.crossval.FoldHooks` that make every fold a nested MLflow run (params, per-epoch
     losses, metrics, PR/ROC figure), stop on SIGTERM between epochs, and report every epoch's ``−val_ref``

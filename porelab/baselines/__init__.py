@@ -92,9 +92,9 @@ def baseline_rows(ctx) -> dict[str, list[dict]]:
         train = [s for i, s in enumerate(ctx.cv) if i != fold]
         held = ctx.cv[fold]
         for name, pred in fit_all(train, ctx.profile, seed=ctx.seed + fold).items():
-            m = evaluate(pred(held), held, "val")
+            m = evaluate(pred(held), held, "val", reference=ctx.references.get(held.name))
             if ctx.hard is not None:
-                m.update(evaluate(pred(ctx.hard), ctx.hard, "hard"))
+                m.update(evaluate(pred(ctx.hard), ctx.hard, "hard", reference=ctx.references.get(ctx.hard.name)))
             rows[name].append(m)
             if name != NAMES[0]:
                 ctx.notes.append(f"{name}, fold {fold} (held out {held.name}): chose {chosen(pred.params)}")

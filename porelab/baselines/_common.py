@@ -63,7 +63,13 @@ def reference(scan, keep: np.ndarray, criterion: str) -> np.ndarray:
     (``truth``, reporting only)."""
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown choice criterion {criterion!r}; available: {', '.join(CRITERIA)}")
-    labels = scan.alg1 if criterion == "alg1" else scan.truth
+    if criterion == "alg1":
+        labels = scan.alg1
+    else:     # only a porelab.crossval.LabelledScan carries labels: the pipeline's scans cannot reach here
+        labels = getattr(scan, "truth", None)
+        if labels is None:
+            raise ConfigError(f"criterion 'truth' needs scans with labels (porelab.crossval.labelled); "
+                              f"{scan.name} has none")
     return np.asarray(labels, dtype=bool) & keep
 
 

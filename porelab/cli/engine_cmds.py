@@ -69,7 +69,7 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
     fold = ctx.folds[0]
     lab = label_source(ctx, labels)
     result = fit_fold(ctx, net_name, net_kwargs, {}, fold, labels=lab if is_supervised(net_name) else None,
-                      threshold_labels=lab, seed=seed, overrides=overrides, checkpoint_dir=checkpoints)
+                      seed=seed, overrides=overrides, checkpoint_dir=checkpoints)
     model, history, metrics = result.model, result.history, result.metrics
     val = ctx.cv[fold]
     model.meta.update({
@@ -82,7 +82,9 @@ def train(data, net_name, output, profile, labels, scale, max_epochs, seed, chec
     model.save(output)
     summary = {"model": str(output), "net": net_name, "epochs": history["epochs"],
                "best_epoch": history["best_epoch"], "threshold": model.threshold,
-               "threshold_policy": model.meta["threshold_policy"], "val_ap": metrics.get("val_ap"),
+               "threshold_policy": model.meta["threshold_policy"],
+               "val_ap_inj": metrics.get("val_ap_pp_inj", metrics.get("val_ap_inj")),
+               "val_ap": metrics.get("val_ap"),
                "val_auc": metrics.get("val_auc"), "val_dice": metrics.get("val_dice"),
                "val_ap_alg1": metrics.get("val_ap_alg1"),
                "seconds": round(time.perf_counter() - t0, 1)}
