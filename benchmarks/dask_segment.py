@@ -13,6 +13,9 @@ Prints JSON::
      "label": {"shape", "voxels", "single_s", "dask_s", "masks_equal", "peak_rss_mb_per_worker", ...}}
 
 Usage: ``python benchmarks/dask_segment.py [--size 512] [--label-size 512] [--workers 2] [--chunk 256]``
+
+``--skip-single`` leaves out the one-process runs (and with them the equality checks, reported as null): for
+sizes whose one-process run would not fit in memory or time, to measure the cluster alone.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--scale", type=float, default=0.125)
     ap.add_argument("--memory-limit", default="4GiB")
+    ap.add_argument("--skip-single", action="store_true", help="no one-process run, no equality check")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     result = {}
@@ -108,28 +112,36 @@ def _segment(args, tmp: Path) -> dict:
                                    patch=args.patch, threshold=0.5)
     model.save(tmp / "model")
     del scan
-    single = _single("segment", str(tmp / "scan.npy"), str(tmp / "model"), str(tmp / "ref.npy"))
+    single = None if args.skip_single else _single("segment", str(tmp / "scan.npy"), str(tmp / "model"),
+                                                   str(tmp / "ref.npy"))
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       memory_limit=args.memory_limit) as lc, Client(lc) as client:
         t = time.perf_counter()
         res = segment_dask(tmp / "scan.npy", tmp / "model", client=client, chunks=args.chunk, out=tmp / "seg")
         dask_s = time.perf_counter() - t
         peaks = _peaks(client)
-    ref = np.load(tmp / "ref.npy", mmap_mode="r")
-    score = read_zarr_dask(tmp / "seg" / "score.zarr")
-    diff, equal = 0.0, True
-    for z0 in range(0, args.size, 64):
-        a, b = np.asarray(ref[z0:z0 + 64]), score[z0:z0 + 64].compute(scheduler="sync")
-        diff = max(diff, float(np.nanmax(np.abs(a - b))))
-        equal &= bool(np.array_equal(a >= model.threshold, b >= model.threshold))
+    diff = equal = None
+    if single is not None:
+        ref = np.load(tmp / "ref.npy", mmap_mode="r")
+        score = read_zarr_dask(tmp / "seg" / "score.zarr")
+        diff, equal = 0.0, True
+        for z0 in range(0, args.size, 64):
+            a, b = np.asarray(ref[z0:z0 + 64]), score[z0:z0 + 64].compute(scheduler="sync")
+            diff = max(diff, float(np.nanmax(np.abs(a - b))))
+            equal &= bool(np.array_equal(a >= model.threshold, b >= model.threshold))
     vox = args.size ** 3
     return {
         "shape": [args.size] * 3, "patch": args.patch, "chunk": args.chunk, "workers": args.workers,
-        "chunks": res["info"]["chunks"], "depth": res["info"]["depth"],
-        "single_s": round(single["seconds"], 1), "single_peak_rss_mb": round(single["peak_rss_mb"], 1),
-        "dask_s": round(dask_s, 1), "throughput_ratio": round(single["seconds"] / dask_s, 3),
-        "voxels_per_s_per_worker": round(vox / dask_s / args.workers),
+        "chunks": res["info"]["chunks"], "depth": res["info"]["depth"], **_single_fields(single, dask_s),
+        "dask_s": round(dask_s, 1), "voxels_per_s_per_worker": round(vox / dask_s / args.workers),
         "max_abs_diff": diff, "masks_equal": equal, "peak_rss_mb_per_worker": peaks}
+
+
+def _single_fields(single: dict | None, dask_s: float) -> dict:
+    if single is None:
+        return {"single_s": None, "single_peak_rss_mb": None, "throughput_ratio": None}
+    return {"single_s": round(single["seconds"], 1), "single_peak_rss_mb": round(single["peak_rss_mb"], 1),
+            "throughput_ratio": round(single["seconds"] / dask_s, 3)}
 
 
 def _label(args, tmp: Path) -> dict:
@@ -142,21 +154,22 @@ def _label(args, tmp: Path) -> dict:
     scan, _, _ = synthetic_scan(n, seed=1)
     np.save(tmp / "lscan.npy", scan)
     del scan
-    single = _single("label", str(tmp / "lscan.npy"), "", str(tmp / "lref.npy"))
+    single = None if args.skip_single else _single("label", str(tmp / "lscan.npy"), "", str(tmp / "lref.npy"))
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       memory_limit=args.memory_limit) as lc, Client(lc) as client:
         t = time.perf_counter()
         lab = label_dask(tmp / "lscan.npy", client=client, chunks=args.label_chunk, out=tmp / "pores.zarr")
         dask_s = time.perf_counter() - t
         peaks = _peaks(client)
-    ref = np.load(tmp / "lref.npy", mmap_mode="r")
-    got = read_zarr_dask(tmp / "pores.zarr", bool)
-    equal = all(np.array_equal(np.asarray(ref[z0:z0 + 64]), got[z0:z0 + 64].compute(scheduler="sync"))
-                for z0 in range(0, n, 64))
+    equal = None
+    if single is not None:
+        ref = np.load(tmp / "lref.npy", mmap_mode="r")
+        got = read_zarr_dask(tmp / "pores.zarr", bool)
+        equal = all(np.array_equal(np.asarray(ref[z0:z0 + 64]), got[z0:z0 + 64].compute(scheduler="sync"))
+                    for z0 in range(0, n, 64))
     return {
         "shape": [n] * 3, "voxels": n ** 3, "chunk": args.label_chunk, "workers": args.workers,
-        "single_s": round(single["seconds"], 1), "single_peak_rss_mb": round(single["peak_rss_mb"], 1),
-        "dask_s": round(dask_s, 1), "throughput_ratio": round(single["seconds"] / dask_s, 3),
+        **_single_fields(single, dask_s), "dask_s": round(dask_s, 1),
         "voxels_per_s_per_worker": round(n ** 3 / dask_s / args.workers), "masks_equal": equal,
         "pores": lab.pores_kept, "peak_rss_mb_per_worker": peaks,
         "memory_limit_per_worker": args.memory_limit}

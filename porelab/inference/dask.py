@@ -22,7 +22,10 @@ How the result equals the single-process ``PoreModel.predict`` (``tests/test_das
   with ``map_overlap`` (halo ``skin``, the field's edges inside), as ``porelab.postprocess.interior_mask``.
 * **Unsupervised models** are not run here: their post-processing (eq. (2)-(3)) fits λ*, σ* with up to 13
   whole-volume Gaussian blurs of the reconstruction's derivatives and a global random sample; a
-  ``ConfigError`` says so. Supervised models (the ``porelab-supervised`` production model) run completely.
+  ``ConfigError`` says so (:func:`check_dask_model`). Supervised models (the ``porelab-supervised``
+  production model) run completely.
+* **Outputs** go to zarr stores (``porelab.distributed.write_zarr_dask``) or to ``.npy`` files that the
+  workers fill block by block (:func:`write_npy_dask`); either way no process holds the whole score.
 
 Each worker process loads the model once: tasks carry the model folder's path and a process-wide cache keyed
 by (folder, modification time, normalisation levels) keeps the net and its prepared inference copy.
@@ -35,6 +38,7 @@ import os
 import shutil
 import tempfile
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +46,7 @@ import numpy as np
 from porelab.errors import ConfigError
 from porelab.inference.grid import _weight_sum, grid_starts, window_1d
 
-__all__ = ["plan_chunks", "segment_dask"]
+__all__ = ["check_dask_model", "plan_chunks", "segment_dask", "write_npy_dask"]
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
@@ -65,16 +69,16 @@ def _load(folder: str):
 _FNS: dict = {}
 
 
-def _patch_fn(folder: str, norm_dict: dict):
+def _patch_fn(folder: str, norm_dict: dict, device_name: str | None = None):
     from porelab.normalise import Normalisation
     from porelab.runtime import get_device
 
     model = _load(folder)
-    key = (id(model), tuple(sorted((k, str(v)) for k, v in norm_dict.items())))
+    key = (id(model), tuple(sorted((k, str(v)) for k, v in norm_dict.items())), device_name)
     with _CACHE_LOCK:
         fn = _FNS.get(key)
         if fn is None:
-            device = get_device()
+            device = get_device(device_name)
             fn = (model.patch_fn(Normalisation.from_dict(norm_dict), device), device)
             _FNS.clear()
             _FNS[key] = fn
@@ -121,7 +125,7 @@ def plan_chunks(shape, patch, overlap: float = 0.5, target: int = 256):
 # one chunk
 # ----------------------------------------------------------------------------------------------------------
 
-def _infer_block(block, *, folder, norm, grid, block_id=None):
+def _infer_block(block, *, folder, norm, grid, device=None, block_id=None):
     """The score of one chunk (with its halo; the halo part is zero and trimmed by ``map_overlap``)."""
     import torch
 
@@ -129,7 +133,7 @@ def _infer_block(block, *, folder, norm, grid, block_id=None):
 
     if block_id is None or block.size == 0:      # Dask's meta probe
         return np.zeros(block.shape, dtype=np.float32)
-    fn, device = _patch_fn(folder, norm)
+    fn, device = _patch_fn(folder, norm, device)
     p, batch_size = grid["patch"], grid["batch_size"]
     sts, c0s, c1s, b0s, r0s = [], [], [], [], []
     for a in range(3):
@@ -194,8 +198,20 @@ def _erode_ball(block, skin):
 # the whole scan
 # ----------------------------------------------------------------------------------------------------------
 
+def check_dask_model(model) -> None:
+    """A one-line ``ConfigError`` unless ``model`` (a ``PoreModel``) can be scored chunk by chunk: supervised
+    models only. An unsupervised model's eq. (2)-(3) surface compensation (Iuso et al. 2024) fits λ*, σ* on
+    the whole scan (up to 13 whole-volume Gaussian blurs of the reconstruction's derivatives, one global
+    random sample), which has no chunked counterpart here."""
+    if model.kind != "supervised":
+        raise ConfigError(f"Dask runs supervised models only; {model.name} is unsupervised: its eq. (2)-(3) "
+                          "surface compensation fits lambda and sigma on the whole scan (up to 13 whole-volume "
+                          "Gaussian blurs and one global sample); score it in one process (porelab segment "
+                          "without --scheduler, or PoreModel.predict)")
+
+
 def segment_dask(scan, model, *, client=None, chunks: int = 256, out=None, threshold: float | None = None,
-                 spacing=None):
+                 spacing=None, skin: int | None = None, device: str | None = None, with_object: bool = False):
     """``PoreModel.predict`` and ``score >= threshold`` of a scan on a Dask cluster, chunk by chunk.
 
     Parameters
@@ -214,12 +230,20 @@ def segment_dask(scan, model, *, client=None, chunks: int = 256, out=None, thres
         Write ``out/score.zarr`` (float32) and ``out/mask.zarr`` (uint8) with the scan's spacing, atomically.
     threshold : float, optional
         Decision threshold; default the model's.
+    skin : int, optional
+        Voxels below the part's surface that are not scored; default the model's.
+    device : str, optional
+        Torch device of the workers ("cpu", "cuda", …); default CUDA where a worker has it.
+    with_object : bool
+        Also return ``object``: Algorithm 1's watertight object of the filled scan (lazy bool Dask array;
+        the same graph as the skin's, so writing both in one pass computes it once).
 
     Returns
     -------
     dict
-        ``score``, ``mask`` (lazy Dask arrays; read back from ``out`` when written), ``info`` (normalisation
-        levels, ``nonfinite_voxels``, ``skin``, ``chunks``, ``depth``, ``threshold``) and ``out``.
+        ``score``, ``mask`` (lazy Dask arrays; read back from ``out`` when written), ``object`` (or None),
+        ``info`` (normalisation levels, ``nonfinite_voxels``, ``skin``, ``chunks``, ``depth``, ``threshold``)
+        and ``out``.
     """
     from porelab.distributed import (
         _object,
@@ -243,9 +267,10 @@ def segment_dask(scan, model, *, client=None, chunks: int = 256, out=None, thres
         folder = str(Path(model).resolve())
         model = _load(folder)
     try:
-        if model.kind != "supervised":
-            raise ConfigError(f"segment_dask runs supervised models; {model.name} is unsupervised (its "
-                              "eq. (2)-(3) post-processing fits on the whole volume): use PoreModel.predict")
+        check_dask_model(model)
+        skin = model.skin if skin is None else int(skin)
+        if skin < 0:
+            raise ConfigError(f"skin must be >= 0 voxels, got {skin}")
         arr, spacing = as_dask(scan, chunks=chunks, spacing=spacing)
         cks, depth, starts = plan_chunks(arr.shape, model.patch, model.overlap, chunks)
         arr = arr.rechunk(cks)
@@ -254,11 +279,11 @@ def segment_dask(scan, model, *, client=None, chunks: int = 256, out=None, thres
         # Normalisation.refit's strided read runs on the default scheduler (a Client is the default once made)
         norm = model.normalisation.refit(arr)                  # the same strided subsample as predict
         filled, missing, n_missing = fill_nonfinite_dask(arr, client=client)
-        keep = None
-        if model.skin > 0:
+        keep = obj = None
+        if skin > 0 or with_object:
             obj = _object(filled, corners="one", client=client)[0]
-            keep = obj.map_overlap(_erode_ball, depth=model.skin, boundary="none", skin=model.skin,
-                                   dtype=bool)
+        if skin > 0:
+            keep = obj.map_overlap(_erode_ball, depth=skin, boundary="none", skin=skin, dtype=bool)
         p = (model.patch,) * 3
         wins = [window_1d(pi, model.weighting) for pi in p]
         grid = {"patch": p, "batch_size": model.batch_size, "shape": arr.shape, "depth": depth,
@@ -267,7 +292,8 @@ def segment_dask(scan, model, *, client=None, chunks: int = 256, out=None, thres
                 "win3": None if model.weighting == "average" else
                 np.multiply.outer(np.multiply.outer(wins[0], wins[1]), wins[2]).astype(np.float32)}
         score = filled.map_overlap(_infer_block, depth=dict(enumerate(depth)), boundary="none",
-                                   folder=folder, norm=norm.to_dict(), grid=grid, dtype=np.float32,
+                                   folder=folder, norm=norm.to_dict(), grid=grid, device=device,
+                                   dtype=np.float32,
                                    meta=np.empty((0, 0, 0), dtype=np.float32))
         if keep is not None:
             score = score * keep                                  # apply_skin: 0 outside the interior
@@ -291,6 +317,66 @@ def segment_dask(scan, model, *, client=None, chunks: int = 256, out=None, thres
                 atexit.register(shutil.rmtree, tmp_model, ignore_errors=True)
             else:
                 shutil.rmtree(tmp_model, ignore_errors=True)
-    info = {"air": norm.air, "material": norm.material, "skin": model.skin, "nonfinite_voxels": n_missing,
+    info = {"air": norm.air, "material": norm.material, "skin": skin, "nonfinite_voxels": n_missing,
             "chunks": [list(c) for c in cks], "depth": list(depth), "threshold": thr}
-    return {"score": score, "mask": mask, "info": info, "out": None if out is None else Path(out)}
+    return {"score": score, "mask": mask, "object": obj if with_object else None, "info": info,
+            "out": None if out is None else Path(out)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# .npy outputs written by the workers
+# ----------------------------------------------------------------------------------------------------------
+
+class _NpyTarget:
+    """A ``.npy`` file as a ``dask.array.store`` target: each task writes its block's rows with ``os.pwrite``
+    in its own process. Disjoint byte ranges written by plain writes stay correct when several processes (or
+    machines, on a shared file system) fill one file, which a memory map's page write-back does not promise."""
+
+    def __init__(self, path: str, shape, dtype, offset: int):
+        self.path, self.shape, self.dtype, self.offset = path, tuple(shape), np.dtype(dtype), int(offset)
+
+    def __setitem__(self, key, value):
+        value = np.ascontiguousarray(value, dtype=self.dtype)
+        if value.size == 0:
+            return
+        _, Y, X = self.shape
+        z0, y0, x0 = (int(k.start or 0) for k in key)
+        bz, by, bx = value.shape
+        item = self.dtype.itemsize
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            if bx == X and by == Y:               # whole planes: one contiguous range
+                os.pwrite(fd, value.tobytes(), self.offset + z0 * Y * X * item)
+                return
+            rows = value.reshape(bz, by * bx) if bx == X else value
+            for i in range(bz):
+                if bx == X:                       # whole rows: one range per plane
+                    os.pwrite(fd, rows[i].tobytes(), self.offset + ((z0 + i) * Y + y0) * X * item)
+                    continue
+                for j in range(by):
+                    os.pwrite(fd, rows[i, j].tobytes(), self.offset + (((z0 + i) * Y + y0 + j) * X + x0) * item)
+        finally:
+            os.close(fd)
+
+
+def write_npy_dask(arrays: dict, *, client=None) -> list[Path]:
+    """Write ``{path: dask array}`` as ``.npy`` files (bool as uint8) in one pass; the workers write their
+    blocks into the files, so the paths must be on a file system every worker sees. Each file is written
+    under a temporary name and renamed when every file is complete: a failure leaves nothing under any path."""
+    import dask.array as da
+
+    from porelab.distributed import compute
+    from porelab.io import atomic_path
+
+    with ExitStack() as stack:
+        sources, targets = [], []
+        for path, arr in arrays.items():
+            tmp = Path(stack.enter_context(atomic_path(Path(path)))).resolve()
+            dtype = np.dtype(np.uint8) if arr.dtype == bool else np.dtype(arr.dtype)
+            header = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=arr.shape)
+            offset = header.offset
+            del header
+            sources.append(arr.astype(dtype) if dtype != arr.dtype else arr)
+            targets.append(_NpyTarget(str(tmp), arr.shape, dtype, offset))
+        compute(da.store(sources, targets, lock=False, compute=False), client=client)
+    return [Path(p) for p in arrays]
