@@ -11,12 +11,15 @@ import click
 
 @click.command(name="simulate")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--preset", type=click.Choice(["smoke", "quick", "hard", "paper"]), default="quick",
+@click.option("--preset", type=click.Choice(["smoke", "quick", "hard", "paper", "othergen"]), default="quick",
               show_default=True,
               help="smoke: 32×48×48 scans in seconds; quick: 96×128×128, about a minute on 2 cores; "
                    "hard: quick's sizes with cone beam (FDK), scatter, photon starvation, strong cupping and "
                    "rings, texture, density drift and small / clustered / surface / large pores (a few "
-                   "minutes); paper: 10 µm voxels (2000×1111×1111 cylinders), big machines only.")
+                   "minutes); paper: 10 µm voxels (2000×1111×1111 cylinders), big machines only; "
+                   "othergen: 96×128×128 scans from another, independent generator (hexagonal prisms and "
+                   "tubes, ellipsoidal / chained / sheet-like pores, columnar grains, an image-domain scanner "
+                   "model, grey values in arbitrary units 0-65535): five cv scans and one hard test scan.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
 @click.option("--porosity", type=float, default=None, metavar="PCT",
               help="Target pore volume in % of each part (realistic 0.1-2; default 0.75, smoke 2).")

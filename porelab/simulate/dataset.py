@@ -89,11 +89,17 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+#: presets of the independent generator :mod:`porelab.simulate.othergen` (other parts, pores, texture and
+#: imaging physics, grey values in arbitrary units: docs/simulator.md, "Another generator (othergen)")
+OTHER_PRESETS = ("othergen",)
+
+
 def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown simulation preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+        choices = ", ".join([*PRESETS, *OTHER_PRESETS])
+        raise ConfigError(f"unknown simulation preset {name!r}; choose one of: {choices}") from None
 
 
 def sample_plan(preset: str | Preset) -> list[dict]:
@@ -134,14 +140,21 @@ def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bo
         with ``overwrite=True``); anything else raises ``ConfigError`` and is left untouched.
     preset : ``smoke`` (32×48×48, seconds), ``quick`` (96×128×128, about a minute on 2 cores), ``hard``
         (quick's sizes with cone beam, scatter, starvation, stronger cupping and rings, texture, drift and
-        hard pores: docs/simulator.md, "Hard scans") or ``paper`` (10 µm voxels, big machines only).
+        hard pores: docs/simulator.md, "Hard scans"), ``paper`` (10 µm voxels, big machines only) or
+        ``othergen`` (quick's sizes from another generator, :mod:`porelab.simulate.othergen`: hexagonal prisms
+        and tubes, other pores and texture, an image-domain scanner model, grey values in arbitrary units).
     seed : master seed; the same seed gives identical files.
     progress : show a tqdm bar per sample on stderr.
     porosity : target porosity in percent of each part (0.1-2 % is the realistic range); default the
         preset's (0.75 %; 2 % for ``smoke``).
     overwrite : replace an existing porelab dataset (or other porelab output) in ``out_dir``.
     """
-    pr = get_preset(preset)
+    if preset in OTHER_PRESETS:
+        from porelab.simulate import othergen
+
+        pr = othergen.get_preset(preset)
+    else:
+        pr = get_preset(preset)
     porosity = pr.porosity if porosity is None else float(porosity)
     if not 0.0 < porosity <= 5.0:
         raise ConfigError(f"porosity {porosity} % is out of range (0-5 %; realistic parts 0.1-2 %)")
@@ -149,7 +162,10 @@ def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bo
         raise ConfigError(f"seed {seed!r} must be a non-negative integer")
     out = prepare_output(out_dir, overwrite=overwrite, is_dir=True)
     with atomic_path(out, is_dir=True, overwrite=overwrite, marker="simulate") as tmp:
-        _simulate_into(tmp, pr, int(seed), porosity, progress)
+        if preset in OTHER_PRESETS:
+            othergen.write_dataset(tmp, pr, int(seed), porosity, progress)
+        else:
+            _simulate_into(tmp, pr, int(seed), porosity, progress)
     return Path(out_dir) / "manifest.json"
 
 
@@ -195,5 +211,5 @@ def _simulate_into(out: Path, pr: Preset, seed: int, porosity: float, progress: 
                                               "preset": pr.name, "seed": int(seed), "samples": entries})
 
 
-__all__ = ["FORMAT", "PRESETS", "SAMPLES", "Dataset", "Preset", "SampleInfo", "get_preset", "load_manifest",
-           "sample_plan", "simulate_dataset"]
+__all__ = ["FORMAT", "OTHER_PRESETS", "PRESETS", "SAMPLES", "Dataset", "Preset", "SampleInfo", "get_preset",
+           "load_manifest", "sample_plan", "simulate_dataset"]
