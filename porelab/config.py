@@ -31,8 +31,10 @@ from porelab.sampling import AugmentConfig
 from porelab.train.config import TrainConfig
 
 #: voxels; larger than the simulator's largest gas pore (r 1-4), so a grey closing fills every such pore.
-#: Measured on unseen quick scans (seed 12345), AP cylinders / cube: radius 3: 0.88 / 0.28, 4: 0.95 / 0.48,
-#: 5: 0.95 / 0.56 (``porelab.baselines.tophat_score``)
+#: Measured on quick scans of seed 12345, AP cylinders / cube: radius 3: 0.88 / 0.28, 4: 0.95 / 0.48,
+#: 5: 0.95 / 0.56 (``porelab.baselines.tophat_score``). The classical row does not use it: its radius is
+#: fitted on the training scans, label-free (``porelab.baselines.fit_tophat``: 5 on seed 0); it is only
+#: ``tophat_score``'s default and that fit's fallback when Algorithm 1 finds no pore.
 TOPHAT_RADIUS = 5
 
 #: the multi-fidelity pruners a search can use (``porelab.automl.study.make_pruner``)
