@@ -171,7 +171,6 @@ def simulate_dataset(out_dir, preset: str = "quick", seed: int = 0, progress: bo
 
 def _simulate_into(out: Path, pr: Preset, seed: int, porosity: float, progress: bool) -> Path:
     """Write every sample and ``manifest.json`` into the existing folder ``out``."""
-    from porelab.io import write_volume
     from porelab.simulate.ct import scan_phantom
     from porelab.simulate.phantom import make_phantom
 
@@ -190,19 +189,8 @@ def _simulate_into(out: Path, pr: Preset, seed: int, porosity: float, progress: 
                            exposure=q["exposure"], hardening=q["hardening"], blur=q["blur"], ring=q["ring"],
                            seed=int(seeds[2 * i + 1].generate_state(1)[0]), cone=bool(q.get("cone")),
                            scatter=q.get("scatter", 0.0), readout=q.get("readout", 0.0))
-        files = {k: f"{name}_{k}.npy" for k in ("scan", "truth", "object")}
-        vox = float(plan["voxel_mm"])
-        for key, arr in (("scan", rec.astype(np.float32)), ("truth", ph.truth), ("object", ph.object)):
-            write_volume(out / files[key], arr, spacing=(vox, vox, vox))  # atomic; spacing in a sidecar
-        write_json(out / f"{name}_pores.json", {
-            "name": name, "material": plan["material"], "shape": plan["shape"], "voxel_mm": vox,
-            "porosity_percent": ph.porosity_percent, "pores": ph.pores,
-        })
-        entries.append(entry(
-            name, plan["role"], files["scan"], shape=rec.shape, dtype="float32", spacing=(vox, vox, vox),
-            labels=files["truth"], obj=files["object"], root=out, part=plan["shape"], material=plan["material"],
-            quality=q, porosity_percent=round(ph.porosity_percent, 4), pore_count=len(ph.pores),
-            pores=f"{name}_pores.json"))
+        entries.append(write_sample(out, name, plan["role"], rec, ph, voxel_mm=float(plan["voxel_mm"]),
+                                    part=plan["shape"], material=plan["material"], quality=q))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -211,5 +199,27 @@ def _simulate_into(out: Path, pr: Preset, seed: int, porosity: float, progress: 
                                               "preset": pr.name, "seed": int(seed), "samples": entries})
 
 
+def write_sample(out: Path, name: str, role: str, scan: np.ndarray, phantom, *, voxel_mm: float, part: str,
+                 material: str, quality: dict) -> dict:
+    """Write one simulated sample into ``out`` and return its manifest entry: ``<name>_scan.npy`` (float32),
+    ``<name>_truth.npy`` and ``<name>_object.npy`` from ``phantom`` (``.truth``, ``.object``, ``.pores``,
+    ``.porosity_percent``), each atomically with a spacing sidecar, and ``<name>_pores.json``. Shared by
+    both generators, so their datasets have one layout."""
+    from porelab.io import write_volume
+
+    vox = float(voxel_mm)
+    files = {k: f"{name}_{k}.npy" for k in ("scan", "truth", "object")}
+    for key, arr in (("scan", np.asarray(scan, np.float32)), ("truth", phantom.truth), ("object", phantom.object)):
+        write_volume(out / files[key], arr, spacing=(vox, vox, vox))  # atomic; spacing in a sidecar
+    write_json(out / f"{name}_pores.json", {
+        "name": name, "material": material, "shape": part, "voxel_mm": vox,
+        "porosity_percent": phantom.porosity_percent, "pores": phantom.pores,
+    })
+    return entry(name, role, files["scan"], shape=scan.shape, dtype="float32", spacing=(vox, vox, vox),
+                 labels=files["truth"], obj=files["object"], root=out, part=part, material=material,
+                 quality=quality, porosity_percent=round(phantom.porosity_percent, 4),
+                 pore_count=len(phantom.pores), pores=f"{name}_pores.json")
+
+
 __all__ = ["FORMAT", "OTHER_PRESETS", "PRESETS", "SAMPLES", "Dataset", "Preset", "SampleInfo", "get_preset",
-           "load_manifest", "sample_plan", "simulate_dataset"]
+           "load_manifest", "sample_plan", "simulate_dataset", "write_sample"]

@@ -546,9 +546,10 @@ def write_dataset(out: Path, pr: OtherPreset, seed: int, porosity: float | None 
     truth and object masks, pore lists, ``manifest.json`` last) in the layout of
     :func:`porelab.simulate.dataset.simulate_dataset`, which calls this for the ``othergen`` preset inside
     its temporary folder. Returns the manifest's path."""
-    from porelab.dataset import FORMAT, entry
-    from porelab.io import write_json, write_volume
+    from porelab.dataset import FORMAT
+    from porelab.io import write_json
     from porelab.runtime import progress as progress_bar
+    from porelab.simulate.dataset import write_sample
 
     porosity = pr.porosity if porosity is None else float(porosity)
     seeds = np.random.SeedSequence(int(seed)).spawn(2 * len(SAMPLES))
@@ -562,18 +563,8 @@ def write_dataset(out: Path, pr: OtherPreset, seed: int, porosity: float | None 
                                 seed=np.random.default_rng(seeds[2 * i]))
         scan = image_part(ph, seed=np.random.default_rng(seeds[2 * i + 1]), metal=q["metal"], air=q["air"],
                           noise=q["noise"], cupping=q["hardening"], rings=q["ring"], streaks=q["streaks"])
-        files = {k: f"{name}_{k}.npy" for k in ("scan", "truth", "object")}
-        for key, arr in (("scan", scan), ("truth", ph.truth), ("object", ph.object)):
-            write_volume(out / files[key], arr, spacing=(vox, vox, vox))
-        write_json(out / f"{name}_pores.json", {
-            "name": name, "material": plan["material"], "shape": plan["part"], "voxel_mm": vox,
-            "porosity_percent": ph.porosity_percent, "pores": ph.pores,
-        })
-        entries.append(entry(
-            name, plan["role"], files["scan"], shape=scan.shape, dtype="float32", spacing=(vox, vox, vox),
-            labels=files["truth"], obj=files["object"], root=out, part=plan["part"], material=plan["material"],
-            quality=q, porosity_percent=round(ph.porosity_percent, 4), pore_count=len(ph.pores),
-            pores=f"{name}_pores.json"))
+        entries.append(write_sample(out, name, plan["role"], scan, ph, voxel_mm=vox, part=plan["part"],
+                                    material=plan["material"], quality=q))
         if bar is not None:
             bar.update(1)
     if bar is not None:
