@@ -30,6 +30,16 @@ from pathlib import Path
 TARGETS = {"cv_ap": 0.8, "hard_ap": 0.65}
 
 
+def _manifest_seed(data: Path, default: int):
+    """The simulation seed a dataset's manifest records (a reused ``--data`` folder), else ``default``."""
+    import json
+
+    try:
+        return json.loads((Path(data) / "manifest.json").read_text()).get("seed", default)
+    except (OSError, ValueError):
+        return default
+
+
 def _dataset(folder, preset: str, seed: int) -> Path:
     from porelab.simulate.dataset import simulate_dataset
 
@@ -126,7 +136,8 @@ def run_preset(preset: str, args) -> dict:
     train = labelled(train, train_refs)     # labels read only by --truth-optimal's rows
     profile = get_profile(preset) if preset in ("smoke", "quick", "paper") else get_profile("quick")
     result = {"dataset": str(data.resolve()), "train_dataset": str(train_data.resolve()), "preset": preset,
-              "seed": args.seed, "train_seed": args.train_seed, "data_seconds": time.perf_counter() - t0}
+              "seed": _manifest_seed(data, args.seed), "train_seed": _manifest_seed(train_data, args.train_seed),
+              "data_seconds": time.perf_counter() - t0}
     if args.models:
         from porelab import tracking
 
