@@ -242,7 +242,9 @@ def injection_for(ctx: Context, scan: Scan):
     once per scan and context and cached: every trial and fold of a search is judged on the same pores.
     Their seed comes from the context's seed and the scan's name; they keep out of the skin the nets'
     post-processing suppresses and away from Algorithm 1's candidate pores (dilated by 2 voxels), so that
-    an injected pore never lands on a real one."""
+    an injected pore never lands on a real one. Where those candidates leave no room (a scan whose
+    artefacts Algorithm 1 takes for pores), the candidates themselves, then nothing, are kept clear of;
+    ``Injection.pores`` and the fold's metrics say how many pores were placed."""
     key = ("injection", scan.name)
     if key not in ctx.cache:
         import zlib
@@ -251,11 +253,38 @@ def injection_for(ctx: Context, scan: Scan):
 
         from porelab.injection import inject_pores
 
-        exclude = ndimage.binary_dilation(scan.alg1, iterations=2)
         seed = (int(ctx.seed) * 1_000_003 + zlib.crc32(scan.name.encode())) % (2 ** 31)
-        ctx.cache[key] = inject_pores(scan.raw, scan.object, seed=seed, exclude=exclude,
-                                      margin=int(ctx.profile.skin) + 1)
+        last = None
+        for grow in (2, 0, None):
+            exclude = None if grow is None else (
+                ndimage.binary_dilation(scan.alg1, iterations=grow) if grow else scan.alg1.copy())
+            try:
+                ctx.cache[key] = inject_pores(scan.raw, scan.object, seed=seed, exclude=exclude,
+                                              margin=int(ctx.profile.skin) + 1)
+                ctx.cache[("injection_exclude", scan.name)] = exclude
+                break
+            except ConfigError as exc:
+                last = exc
+        else:
+            raise last
     return ctx.cache[key]
+
+
+def injected_threshold(ctx: Context, score: np.ndarray, scan: Scan) -> float:
+    """The F1-optimal decision threshold on the pores injected into ``scan``: positives are the voxels at
+    least half inside an injected pore — the convention of labels — and every other voxel of the part
+    counts as a negative, the partial-volume shell around each injected pore included (ignoring that shell,
+    as the AP does, pulls the threshold down and fattens every pore); only Algorithm 1's candidate pores
+    (native pores, maybe) are left out. Missing (NaN) scores are left out."""
+    from porelab.metrics import best_f1_threshold
+
+    inj = injection_for(ctx, scan)
+    exclude = ctx.cache.get(("injection_exclude", scan.name))
+    counted = scan.object & np.isfinite(score)
+    if exclude is not None:
+        counted &= ~exclude
+    thr = best_f1_threshold(score, inj.mask, mask=counted)
+    return float(thr[0] if isinstance(thr, tuple) else thr)
 
 
 def mean_metrics(fold_metrics: list[dict]) -> dict:
@@ -375,7 +404,7 @@ def score_fold(ctx: Context, model, fold: int):
         threshold, policy = choose_threshold(main, val.alg1, kind=model.kind, object_mask=val.object)
         policy = f"{policy} (Algorithm 1 labels of {val.name})"
     else:
-        threshold = float(im["threshold"])
+        threshold = injected_threshold(ctx, chosen[-1], val)
         policy = f"f1-optimal on {len(inj.pores)} pores injected into held-out scan {val.name}"
     model.threshold, policy = clamp_threshold(main, val.object, threshold, policy,
                                               float(ctx.profile.labels.max_label_fraction))
@@ -492,7 +521,7 @@ __all__ = [
     "default_net_kwargs",
     "evaluate",
     "fit_fold",
-    "injection_for",
+    "injected_threshold", "injection_for",
     "label_source",
     "labelled",
     "load_label_folder",

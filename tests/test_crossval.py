@@ -141,3 +141,34 @@ def test_fewer_folds_than_cv_scans_are_explained_and_negative_folds_count_from_t
     assert c.folds == [0, 1] and c.hard is None and "2 folds over" in c.notes[0]
     c = crossval.make_context("smoke", smoke_dataset.root, 0, folds=[-1])
     assert c.folds == [len(c.cv) - 1] and c.notes == []
+
+
+def test_the_injected_threshold_counts_the_partial_volume_shell_as_negatives(ctx):
+    """A smooth score (the injection's own darkening, blurred as a net's output is): the threshold that
+    counts the shell around each injected pore as negative (labels' half-voxel convention) gives a mask
+    closer to the injected pores than the AP's shell-ignoring threshold, which is lower and fattens them."""
+    from scipy import ndimage
+
+    from porelab.injection import injected_metrics
+    from porelab.metrics import dice
+
+    s = ctx.cv[0]
+    inj = crossval.injection_for(ctx, s)
+    score = ndimage.gaussian_filter((s.raw - inj.scan).astype(np.float32), 1.0)
+    low = injected_metrics(score, inj, s.object)["threshold"]
+    thr = crossval.injected_threshold(ctx, score, s)
+    assert thr > low
+    d_new = dice((score >= thr).astype(np.float32), inj.mask, 0.5, mask=s.object)
+    d_old = dice((score >= low).astype(np.float32), inj.mask, 0.5, mask=s.object)
+    assert d_new > d_old and d_new > 0.8
+
+
+def test_injection_falls_back_when_algorithm1_candidates_leave_no_room(ctx):
+    """A scan whose Algorithm 1 candidates cover the whole part (artefacts taken for pores) still gets
+    injected pores: the candidates stop being kept clear of."""
+    import dataclasses
+
+    s = ctx.cv[1]
+    flooded = dataclasses.replace(s, name="flooded", alg1=s.object.copy())
+    inj = crossval.injection_for(ctx, flooded)
+    assert inj.pores and inj.mask.any() and ctx.cache[("injection_exclude", "flooded")] is None
