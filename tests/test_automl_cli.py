@@ -73,7 +73,7 @@ def test_pseudolabel_writes_the_labels_of_a_model_folder(mlflow_env, smoke_datas
     ctx = make_context("smoke", smoke_dataset.root, 0)
     cfg = get_profile("smoke").labels
     labels, expected = pseudo_labels(ctx.cv + [ctx.hard], model.predict, threshold=model.threshold,
-                                     min_voxels=cfg.min_voxels, min_extent=cfg.min_extent)
+                                     min_voxels=cfg.min_voxels, min_extent=cfg.min_extent, references=ctx.references)
     assert stats["scans"] == json.loads(json.dumps(expected))
     for s in ctx.cv:
         np.testing.assert_array_equal(np.load(out / f"{s.name}_pseudo.npy"), labels[s.name].astype(np.uint8))
