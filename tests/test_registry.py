@@ -267,7 +267,7 @@ def test_register_best_twice_keeps_one_version_in_production(store, tmp_path):
     trial = study.ask()
     trial.suggest_float("kl", 1e-6, 1e-3, log=True)
     for k, v in {"mlflow_run_id": trial_run.info.run_id, "model_dir": str(tmp_path / "m"), "net": "vae",
-                 "fold_metrics": [{"val_ap_pp": 0.6}]}.items():
+                 "fold_metrics": [{"val_ap_pp_inj": 0.6}]}.items():
         trial.set_user_attr(k, v)
     study.tell(trial, 0.6)
     ctx = SimpleNamespace(policy=tracking.load_policy(), profile=SimpleNamespace(name="smoke"), seed=0)
@@ -280,7 +280,7 @@ def test_register_best_twice_keeps_one_version_in_production(store, tmp_path):
     assert _state() == {"versions": {"1": "Production"}, "production": "1", "staging": None}
     tags = mlflow.MlflowClient().get_model_version(NAME, "1").tags
     assert tags["porelab.trial_run"] == trial_run.info.run_id and tags["porelab.net"] == "vae"
-    assert tags["val_ap_pp"] == "0.6"
+    assert tags["val_ap_pp_inj"] == "0.6"          # the policy's label-free metric
 
 
 def _dead_pid() -> int:
