@@ -95,7 +95,7 @@ def test_register_best_on_a_resumed_study_keeps_one_version_per_trial(mlflow_env
         trial = study.ask()
         trial.suggest_float("kl", 1e-6, 1e-3, log=True)
         for k, v in {"mlflow_run_id": run.info.run_id, "model_dir": str(tmp_path / "m"), "net": "vae",
-                     "fold_metrics": [{"val_ap_pp": value}]}.items():
+                     "fold_metrics": [{"val_ap_pp_inj": value}]}.items():
             trial.set_user_attr(k, v)
         study.tell(trial, value)
         return study, run.info.run_id

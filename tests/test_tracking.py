@@ -105,7 +105,7 @@ def test_promotion_policy_stages_and_aliases(mlflow_env):
     assert stages == {str(v1): "Archived", str(v2): "Staging", str(v3): "Production"}
     assert str(client.get_model_version_by_alias(name, "production").version) == v3
     assert str(client.get_model_version_by_alias(name, "staging").version) == v2
-    assert client.get_model_version(name, str(v3)).tags["val_ap_pp"] == "0.7"
+    assert client.get_model_version(name, str(v3)).tags["val_ap_pp_inj"] == "0.7"
 
     x = np.ones((4, 5, 6), np.float32)
     for uri in (f"models:/{name}@production", f"models:/{name}/Production", f"models:/{name}/production"):
