@@ -103,9 +103,9 @@ def tophat_ap(rec: np.ndarray, truth: np.ndarray, obj: np.ndarray) -> float:
 
 
 def run(name: str, part: str, seed: int = 0) -> dict:
+    from porelab.simulate.ct import scan_phantom
     from porelab.simulate.dataset import get_preset
     from porelab.simulate.phantom import make_phantom
-    from porelab.simulate.ct import scan_phantom
 
     q = get_preset("quick")
     shape = q.cube_shape if part == "cube" else q.cyl_shape
