@@ -232,3 +232,43 @@ def test_cli_label_and_report_with_a_local_scheduler(rng, tmp_path):
     bad = _porelab("label", tmp_path / "scan.npy", "-o", tmp_path / "c.npy", "--scheduler", "udp://nowhere")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--scheduler" in bad.stderr
     assert not (tmp_path / "c.npy").exists()
+
+
+_READ_CHUNKS = """
+import sys, numpy as np
+from porelab.distributed import LazyScan
+
+def rss_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1024
+
+path = sys.argv[1]
+scan = LazyScan(path, (256, 512, 512), np.float32)
+scan[0:1]                                   # opens the mapping
+before = rss_mb()
+total = 0.0
+for z in range(0, 256, 32):                 # every voxel once, 32 MiB per chunk, 256 MiB in all
+    chunk = scan[z:z + 32]
+    total += float(chunk.sum(dtype=np.float64))   # touches every page of the chunk
+    del chunk
+print(rss_mb() - before, total)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc")
+def test_reading_a_memory_mapped_scan_chunk_by_chunk_does_not_grow_the_worker(tmp_path):
+    # a worker keeps a big scan memory-mapped for all its chunks; the pages each chunk read must not stay in its
+    # resident set, or Dask's memory monitor pauses the worker once it has read its memory limit's worth
+    import subprocess
+
+    path = tmp_path / "scan.npy"
+    scan = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(256, 512, 512))
+    for z in range(0, 256, 32):
+        scan[z:z + 32] = np.arange(32 * 512 * 512, dtype=np.float32).reshape(32, 512, 512) % 7 + z
+    scan.flush()
+    expected = float(sum(np.asarray(scan[z:z + 32]).sum(dtype=np.float64) for z in range(0, 256, 32)))
+    del scan
+    out = subprocess.run([sys.executable, "-c", _READ_CHUNKS, str(path)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    grown, total = float(out[0]), float(out[1])
+    assert total == expected                       # the chunks read are the file's voxels
+    assert grown < 64, f"the resident set grew by {grown:.0f} MiB after reading 256 MiB chunk by chunk"
