@@ -105,6 +105,27 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: list[int] = []     # signals received inside sigterm_as_interrupt (main thread only)
+_terminated: list[int] = []   # SIGTERM received by the command line's handler (porelab.cli)
+
+
+def note_termination(signum: int) -> None:
+    """Record that this process was asked to stop (the command line's SIGTERM handler calls it)."""
+    _terminated.append(int(signum))
+
+
+def clear_termination() -> None:
+    _terminated.clear()
+
+
+def termination_pending() -> bool:
+    """Whether a stop signal arrived (in a ``porelab`` command or inside :func:`sigterm_as_interrupt`).
+
+    The handlers raise ``KeyboardInterrupt`` at once, but Python drops an exception raised while a finaliser
+    or a garbage-collector callback runs (and prints it to standard error, which a block that silences
+    library chatter sends to /dev/null), so the work can go on as if nothing had happened. Writers check
+    this before they publish an output (``porelab.io.atomic_path``), so a stopped process never completes
+    one, and the command line never exits 0 after it."""
+    return bool(_terminated or _received)
 
 # Optuna logs a trial that raised (a signal, here) as "Trial N failed ..." with a long traceback, through
 # this logger; naming it needs no Optuna import.

@@ -384,3 +384,58 @@ def test_label_refuses_a_fifo_instead_of_hanging(tmp_path):
                        capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 2 and "FIFO" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "l.npy").exists()
+
+
+_SWALLOWING_COMMAND = """
+import os, signal, sys
+from pathlib import Path
+
+import click
+
+import porelab.cli as cli
+from porelab.io import atomic_path
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path))
+def swallow(out):
+    with atomic_path(out, is_dir=True) as tmp:
+        (tmp / "a.txt").write_text("first half")
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)   # the handler raises KeyboardInterrupt here ...
+        except KeyboardInterrupt:
+            pass                                   # ... and library code drops it, as a finaliser would
+        (tmp / "b.txt").write_text("second half")
+
+
+cli.COMMANDS["swallow"] = ("__main__", "swallow", "test command")
+sys.argv = ["porelab", "swallow", sys.argv[1]]
+cli.main()
+"""
+
+
+def test_a_sigterm_whose_interrupt_was_dropped_still_stops_the_command_and_publishes_nothing(tmp_path):
+    # Python drops an exception raised inside a finaliser or a GC callback; the work then goes on. The
+    # command must still exit 143, and the output it was writing must never appear under its name.
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _SWALLOWING_COMMAND, str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-2000:])
+    assert "interrupted" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []      # no output, no temporary folder
+
+
+def test_atomic_path_publishes_nothing_once_a_stop_was_requested(tmp_path):
+    from porelab import runtime
+
+    runtime.note_termination(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_path(tmp_path / "out.txt") as tmp:
+                tmp.write_text("complete, but the process was asked to stop")
+    finally:
+        runtime.clear_termination()
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(tmp_path / "out.txt") as tmp:                  # once cleared, writes publish again
+        tmp.write_text("ok")
+    assert (tmp_path / "out.txt").read_text() == "ok"

@@ -65,16 +65,16 @@ class LazyGroup(click.Group):
         terminated = []
         previous = _on_sigterm(terminated)
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            if terminated:      # a SIGTERM whose KeyboardInterrupt was dropped on the way: still a stop
+                raise KeyboardInterrupt
+            return result
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            if terminated:
+                _exit_interrupted(terminated)
             raise
         except KeyboardInterrupt:
-            # the writers' cleanup (porelab.io.atomic_path) has run while the exception unwound
-            click.echo("porelab: interrupted", err=True)
-            # Exit at once with the signal's status: a normal interpreter shutdown after an interrupt
-            # could still end by KeyboardInterrupt (status -2) and must never look like success.
-            sys.stderr.flush()
-            os._exit(143 if terminated else 130)
+            _exit_interrupted(terminated)
         except PermissionError as exc:  # an output (or input) the user may not write (or read)
             if os.environ.get("PORELAB_DEBUG"):
                 raise
@@ -96,6 +96,17 @@ class LazyGroup(click.Group):
             _restore_sigterm(previous)
 
 
+def _exit_interrupted(terminated: list):
+    """Print one line and exit at once: 143 after SIGTERM, 130 after Ctrl-C.
+
+    The writers' cleanup (``porelab.io.atomic_path``) has run while the exception unwound. A normal
+    interpreter shutdown after an interrupt could still end by KeyboardInterrupt (status -2) and must never
+    look like success, hence ``os._exit``."""
+    click.echo("porelab: interrupted", err=True)
+    sys.stderr.flush()
+    os._exit(143 if terminated else 130)
+
+
 def _on_sigterm(flag: list):
     """Turn SIGTERM into ``KeyboardInterrupt`` (as SIGINT), so temporary outputs are removed on the way out.
 
@@ -104,8 +115,11 @@ def _on_sigterm(flag: list):
     """
     import signal
 
+    from porelab.runtime import note_termination   # imported here, not inside the handler
+
     def handler(signum, frame):
         flag.append(signum)
+        note_termination(signum)
         raise KeyboardInterrupt
 
     try:

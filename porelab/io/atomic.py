@@ -239,6 +239,10 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False, overwrite: boo
             except FileExistsError:
                 tmp = None
         yield tmp
+        from porelab.runtime import termination_pending
+
+        if termination_pending():   # a stop signal whose KeyboardInterrupt was dropped: never publish
+            raise KeyboardInterrupt("stopped before the output was complete")
         if is_dir:
             if marker is not None and tmp.is_dir():
                 from porelab import __version__ as version
