@@ -115,7 +115,7 @@ def _on_sigterm(flag: list):
     """
     import signal
 
-    from porelab.runtime import note_termination   # imported here, not inside the handler
+    from porelab.runtime import note_termination  # imported here, not inside the handler
 
     def handler(signum, frame):
         flag.append(signum)
