@@ -120,11 +120,12 @@ def clear_termination() -> None:
 def termination_pending() -> bool:
     """Whether a stop signal arrived (in a ``porelab`` command or inside :func:`sigterm_as_interrupt`).
 
-    The handlers raise ``KeyboardInterrupt`` at once, but Python drops an exception raised while a finaliser
-    or a garbage-collector callback runs (and prints it to standard error, which a block that silences
-    library chatter sends to /dev/null), so the work can go on as if nothing had happened. Writers check
-    this before they publish an output (``porelab.io.atomic_path``), so a stopped process never completes
-    one, and the command line never exits 0 after it."""
+    The handlers raise ``KeyboardInterrupt`` at once, but the exception can be lost on its way out: Python
+    drops one raised while a finaliser or a garbage-collector callback runs, and library code may catch it.
+    The work then goes on as if nothing had happened (seen once in the suite: ``porelab simulate`` finished
+    and exited 0 after a SIGTERM, with nothing on standard error). Writers check this before they publish
+    an output (``porelab.io.atomic_path``), so a stopped process never completes one, and the command line
+    never exits 0 after it."""
     return bool(_terminated or _received)
 
 # Optuna logs a trial that raised (a signal, here) as "Trial N failed ..." with a long traceback, through
