@@ -38,14 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 NAMES = ("porelab-unsupervised", "porelab-supervised")
 
 
-def _simulate(folder: Path, preset: str, seed: int) -> Path:
-    from porelab.simulate.dataset import simulate_dataset
-
-    if not (folder / "manifest.json").is_file():
-        simulate_dataset(folder, preset=preset, seed=seed, progress=False)
-    return folder
-
-
 def _run_search(folder: Path, *, profile: str, data: Path, budget: float | None, n_trials: int, seed: int) -> dict:
     """``porelab search`` in ``folder`` (its own stores); wall time and exit code."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,13 +164,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="the search's seed")
     args = ap.parse_args(argv)
 
+    from quality import _dataset as simulated  # simulates into the folder unless its manifest is there
+
     from porelab.config import get_profile
     from porelab.crossval import labelled, load_scans
 
     work = Path(args.work).resolve()
     preset = get_profile(args.profile).sim_preset
-    data = _simulate(work / "data", preset, args.train_seed)
-    unseen = Path(args.unseen).resolve() if args.unseen else _simulate(work / f"unseen-s{args.unseen_seed}",
+    data = simulated(work / "data", preset, args.train_seed)
+    unseen = Path(args.unseen).resolve() if args.unseen else simulated(work / f"unseen-s{args.unseen_seed}",
                                                                        preset, args.unseen_seed)
     cv, hard, _, refs = load_scans(unseen)
     scans = labelled(cv + ([hard] if hard is not None else []), refs)
