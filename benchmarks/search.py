@@ -1,7 +1,8 @@
 """Does searching pay? The main job at several time budgets against the single fixed configuration.
 
 Every run is ``porelab search`` in its own folder (its own ``mlflow.db`` and ``optuna.db``) on one shared
-training dataset (simulated once, seed ``--train-seed``):
+training dataset (simulated once, seed ``--train-seed``), or with ``--main-job`` the README's main job
+(``mlflow run <project> -e search``) simulating its dataset inside its budget:
 
 * ``fixed``: one trial per study and no budget, i.e. each study's enqueued first trial only (the first net of
   each family at width 1 and the profile's learning rate; the supervised one at the paper's FTL optimum,
@@ -18,6 +19,7 @@ configuration's.
 
     python benchmarks/search.py --budgets 10 30 60 --work /tmp/search-bench
     python benchmarks/search.py --profile smoke --budgets 3 --work /tmp/sb      # a few minutes
+    python benchmarks/search.py --budgets 10 30 60 --main-job --work /tmp/sb   # each run is the README's job
 
 A run whose folder already holds a finished ``result.json`` is not run again (delete the folder to redo it),
 so an interrupted benchmark resumes with its next run.
@@ -38,12 +40,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 NAMES = ("porelab-unsupervised", "porelab-supervised")
 
 
-def _run_search(folder: Path, *, profile: str, data: Path, budget: float | None, n_trials: int, seed: int) -> dict:
-    """``porelab search`` in ``folder`` (its own stores); wall time and exit code."""
+def _run_search(folder: Path, *, profile: str, data: Path | None, budget: float | None, n_trials: int,
+                seed: int) -> dict:
+    """``porelab search`` in ``folder`` (its own stores); wall time and exit code. ``data=None``: the main
+    job exactly as the README runs it, ``mlflow run <project> -e search``, simulating its own dataset (seed
+    ``seed``) inside the budget."""
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "porelab", "search", "--profile", profile, "--data", str(data),
-           "--n-trials", str(n_trials), "--time-budget", "none" if budget is None else str(budget),
-           "--seed", str(seed), "--study-name", "porelab"]
+    budget_text = "none" if budget is None else str(budget)
+    if data is None:
+        cmd = ["mlflow", "run", str(Path(__file__).resolve().parent.parent), "-e", "search", "--env-manager",
+               "local", "-P", f"profile={profile}", "-P", f"n_trials={n_trials}", "-P",
+               f"time_budget={budget_text}", "-P", f"seed={seed}"]
+    else:
+        cmd = [sys.executable, "-m", "porelab", "search", "--profile", profile, "--data", str(data),
+               "--n-trials", str(n_trials), "--time-budget", budget_text, "--seed", str(seed),
+               "--study-name", "porelab"]
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}")
     t0 = time.perf_counter()
     with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
@@ -99,7 +110,7 @@ def one_run(label: str, folder: Path, args, data: Path, scans) -> dict:
         return json.loads(done.read_text())
     budget = None if label == "fixed" else float(label)
     result = {"run": label, "budget_minutes": budget,
-              **_run_search(folder, profile=args.profile, data=data, budget=budget,
+              **_run_search(folder, profile=args.profile, data=None if args.main_job else data, budget=budget,
                             n_trials=1 if label == "fixed" else 0, seed=args.seed)}
     if result["returncode"] == 0:
         storage = f"sqlite:///{folder / 'optuna.db'}"
@@ -162,6 +173,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--unseen", default=None, help="dataset folder of the unseen scans (default: simulate)")
     ap.add_argument("--unseen-seed", type=int, default=2027)
     ap.add_argument("--seed", type=int, default=0, help="the search's seed")
+    ap.add_argument("--main-job", action="store_true",
+                    help="run each configuration as `mlflow run <project> -e search` simulating its own data "
+                         "(seed --seed) inside its budget, instead of `porelab search --data` on one dataset")
     args = ap.parse_args(argv)
 
     from quality import _dataset as simulated  # simulates into the folder unless its manifest is there
@@ -171,7 +185,7 @@ def main(argv=None) -> dict:
 
     work = Path(args.work).resolve()
     preset = get_profile(args.profile).sim_preset
-    data = simulated(work / "data", preset, args.train_seed)
+    data = None if args.main_job else simulated(work / "data", preset, args.train_seed)
     unseen = Path(args.unseen).resolve() if args.unseen else simulated(work / f"unseen-s{args.unseen_seed}",
                                                                        preset, args.unseen_seed)
     cv, hard, _, refs = load_scans(unseen)
@@ -181,7 +195,8 @@ def main(argv=None) -> dict:
     runs = {}
     for label in labels:
         runs[label] = one_run(label, work / f"run-{label}", args, data, scans)
-    result = {"profile": args.profile, "train_data": str(data), "unseen": str(unseen), "runs": runs,
+    result = {"profile": args.profile,
+              "train_data": f"simulated by each run, seed {args.seed}" if data is None else str(data), "unseen": str(unseen), "runs": runs,
               "gain": gains(runs), "table": markdown(runs)}
     print(json.dumps(result))
     return result

@@ -1,7 +1,8 @@
 """The time budget of a search job: phases measured as they happen, a deadline per study, trial admission.
 
 The job (``porelab search --time-budget MINUTES``) has one deadline, ``start + budget``. Everything that is
-not a study is a *fixed step* (data, registration, pseudo-labels, the Algorithm 1 comparison, the summary);
+not a study is a *fixed step* (data and the classical rows, registration, pseudo-labels, the Algorithm 1
+comparison, the summary);
 each is timed (:meth:`Budget.phase`) and its planned and spent seconds are logged on the parent run.
 
 How the time left for the studies is split:
@@ -11,7 +12,7 @@ How the time left for the studies is split:
   yet); a study that ends early (trial cap) leaves its time to the next phases;
 * the supervised study's deadline is recomputed whenever it is asked: the job's end minus the measured cost
   of the fixed steps still to come (registration as measured for the unsupervised model; the summary as the
-  measured scoring seconds per scan × the scans it scores; the Algorithm 1 comparison as the measured cost
+  measured scoring seconds per scan × the scans its curves score; the Algorithm 1 comparison as the measured cost
   of the supervised study's first complete trial, when that comparison is asked for).
 
 Inside a study (:class:`StudyClock`):
