@@ -369,7 +369,9 @@ def score_fold(ctx: Context, model, fold: int):
     (:func:`clamp_threshold`). ``val_ap_inj`` (``val_ap_pp_inj`` after the post-processing) is the fold's
     label-free score. Then the clean held-out scan and the hard scan are scored and :func:`evaluate`
     reports against the dataset's labels (``ctx.references``) and Algorithm 1; PR/ROC curves are kept for
-    scans with labels. The hard scan is never used for a decision.
+    scans with labels. The hard scan takes no part in a fold's decisions (the registration's choice
+    between the best fold and the fold ensemble is made on pores injected into it:
+    ``porelab.automl.ensemble``).
     """
     from porelab.injection import injected_metrics
 
@@ -479,7 +481,8 @@ def run_folds(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict, 
     """Cross-validate one configuration over ``ctx.folds`` (fold ``i`` trains with seed ``seed + i``).
 
     Returns ``(fold_metrics, best_model_dir)``: the folder (under ``ctx.workdir``) of the fold with the best
-    ``main_metric``, its model's ``meta`` carrying the fold, held-out scan and metrics.
+    ``main_metric``; every fold's model is saved beside it (``fold<k>``), its ``meta`` carrying the fold,
+    held-out scan and metrics.
     """
     hooks = hooks or FoldHooks()
     if ctx.workdir is None:
@@ -499,11 +502,12 @@ def run_folds(ctx: Context, net_name: str, net_kwargs: dict, loss_params: dict, 
                 hooks.end(result)
             fold_metrics.append(result.metrics)
             value = result.metrics.get(main_metric, math.nan)
+            # every fold's model is kept (a fold ensemble may be registered: porelab.automl.ensemble)
+            result.model.meta.update({"fold": fold, "val_scan": val_name, "fold_metrics": result.metrics})
+            result.model.save(out_root / f"fold{fold}")
             if value > best or best_dir is None:
                 best = value
                 best_dir = out_root / f"fold{fold}"
-                result.model.meta.update({"fold": fold, "val_scan": val_name, "fold_metrics": result.metrics})
-                result.model.save(best_dir)
         if hooks.report is not None:
             hooks.report(step, fold, value)
     return fold_metrics, best_dir

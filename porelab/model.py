@@ -2,7 +2,7 @@
 
 A model folder holds ``model.json`` (net name and constructor arguments, normalisation, patch, overlap,
 blending, kind, post-processing settings, decision threshold, free ``meta``) and ``weights.pt`` (the net's
-``state_dict``). ``PoreModel.predict`` runs the whole path of the design note: normalise → patches → net →
+``state_dict``, or a list of them: a *fold ensemble*, the nnU-Net convention, :meth:`PoreModel.ensemble`). ``PoreModel.predict`` runs the whole path of the design note: normalise → patches → net →
 aggregate → (unsupervised) anomaly score ``|x − x̂|`` (or its dark side) and surface compensation (Iuso et
 al. 2024, eq. (2)-(3)) → (both kinds) skin suppression (``porelab.postprocess.interior_mask``).
 
@@ -37,8 +37,11 @@ class PoreModel:
         Network name (``porelab.nets.NAMES``).
     net_kwargs : dict
         ``porelab.nets.build(name, **net_kwargs)`` rebuilds the architecture (``scale``, ``patch_size`` …).
-    state_dict : dict
-        The trained weights (tensors on the CPU).
+    state_dict : dict or list of dict
+        The trained weights (tensors on the CPU). A list makes the model an ensemble of nets of one
+        architecture (:meth:`ensemble`): every patch goes through each and their outputs are averaged — the
+        mean probability (supervised) or the mean reconstruction (unsupervised, whose anomaly score and
+        post-processing then follow as for one net).
     normalisation : Normalisation
         Re-fitted on every scored scan when ``normalisation.per_scan`` (default).
     patch : int
@@ -63,7 +66,7 @@ class PoreModel:
 
     name: str
     net_kwargs: dict
-    state_dict: dict
+    state_dict: dict | list
     normalisation: Normalisation
     patch: int
     postprocess: bool = True
@@ -85,8 +88,33 @@ class PoreModel:
             raise ModelError(f"model {self.name!r}: residual must be one of {RESIDUALS}, got {self.residual!r}")
         if not (self.smooth >= 0 and self.skin >= 0):
             raise ModelError(f"model {self.name!r}: smooth and skin must be >= 0, got {self.smooth!r}, {self.skin!r}")
+        if isinstance(self.state_dict, list) and not self.state_dict:
+            raise ModelError(f"model {self.name!r}: an ensemble needs at least one member")
         self._net = None
         self._device = None
+
+    @property
+    def members(self) -> int:
+        """Nets averaged by this model (1 unless it is an ensemble)."""
+        return len(self.state_dict) if isinstance(self.state_dict, list) else 1
+
+    @classmethod
+    def ensemble(cls, models: list[PoreModel], *, threshold: float | None = None, meta: dict | None = None) -> PoreModel:
+        """One model averaging ``models`` (the fold models of one configuration: same net, constructor
+        arguments and patch). Normalisation, residual, smoothing, skin and inference settings come from the
+        first; ``threshold`` defaults to the first's too (choose one for the ensemble's own score)."""
+        if not models:
+            raise ConfigError("an ensemble needs at least one model")
+        first = models[0]
+        for m in models[1:]:
+            if (m.name, m.net_kwargs, m.patch) != (first.name, first.net_kwargs, first.patch):
+                raise ConfigError(f"ensemble members must share net, arguments and patch: {first.name} "
+                                  f"{first.net_kwargs} {first.patch} vs {m.name} {m.net_kwargs} {m.patch}")
+        states = []
+        for m in models:
+            states += m.state_dict if isinstance(m.state_dict, list) else [m.state_dict]
+        return dataclasses.replace(first, state_dict=states, meta=dict(meta if meta is not None else first.meta),
+                                   threshold=float(first.threshold if threshold is None else threshold))
 
     # ---------------------------------------------------------------------------------------------------------
     @property
@@ -134,19 +162,29 @@ class PoreModel:
 
     # ---------------------------------------------------------------------------------------------------------
     def net(self, device=None):
-        """The network, built once, weights loaded, in eval mode, on ``device`` (default: automatic)."""
+        """The network, built once, weights loaded, in eval mode, on ``device`` (default: automatic); an
+        ensemble's first member (:meth:`nets` gives them all)."""
+        return self.nets(device)[0]
+
+    def nets(self, device=None) -> list:
+        """Every member network (one unless an ensemble), built once, in eval mode, on ``device``."""
         from porelab.nets import build
         from porelab.runtime import get_device
 
         device = get_device(device) if not hasattr(device, "type") else device
         if self._net is None or self._device != device:
-            try:
-                net = build(self.name, **self.net_kwargs)
-                net.load_state_dict(self.state_dict)
-            except (RuntimeError, TypeError, KeyError) as exc:
-                raise ModelError(f"model {self.name!r}: weights do not fit the architecture "
-                                 f"{self.net_kwargs}: {str(exc).splitlines()[0]}") from None
-            self._net, self._device = net.to(device).eval(), device
+            states = self.state_dict if isinstance(self.state_dict, list) else [self.state_dict]
+            nets = []
+            for i, state in enumerate(states):
+                try:
+                    net = build(self.name, **self.net_kwargs)
+                    net.load_state_dict(state)
+                except (RuntimeError, TypeError, KeyError, AttributeError) as exc:
+                    which = f" (ensemble member {i})" if len(states) > 1 else ""
+                    raise ModelError(f"model {self.name!r}: weights{which} do not fit the architecture "
+                                     f"{self.net_kwargs}: {str(exc).splitlines()[0]}") from None
+                nets.append(net.to(device).eval())
+            self._net, self._device = nets, device
         return self._net
 
     def patch_fn(self, norm: Normalisation, device):
@@ -197,20 +235,30 @@ class PoreModel:
         from porelab.inference import cached_inference_net
 
         # the same function as the eager net, faster on the CPU (checked on a patch; falls back to eager)
-        net = cached_inference_net(self.net(device), device, patch=self.patch,
-                                   method="forward" if self.kind == "supervised" else "reconstruct")
-        if self.kind == "supervised":
-            def fn(x):
-                y = net(norm.apply_torch(x))
+        method = "forward" if self.kind == "supervised" else "reconstruct"
+        nets = [cached_inference_net(n, device, patch=self.patch, method=method) for n in self.nets(device)]
+
+        def one(net, xn):
+            if self.kind == "supervised":
+                y = net(xn)
                 return y[0] if isinstance(y, (list, tuple)) else y
-        else:
-            def fn(x):
-                xn = norm.apply_torch(x)
-                if hasattr(net, "reconstruct"):
-                    return net.reconstruct(xn)
-                return net(xn)["recon"]
-        # predict_volume frees the inference copy's padded-input buffer after each scan (re-made on next use)
-        fn.release_buffers = getattr(net, "release_buffers", lambda: None)
+            if hasattr(net, "reconstruct"):
+                return net.reconstruct(xn)
+            return net(xn)["recon"]
+
+        def fn(x):
+            xn = norm.apply_torch(x)
+            out = one(nets[0], xn)
+            for net in nets[1:]:                  # an ensemble: the mean output of its members
+                out = out + one(net, xn)
+            return out / len(nets) if len(nets) > 1 else out
+
+        # predict_volume frees the inference copies' padded-input buffers after each scan (re-made on next use)
+        def release_buffers():
+            for net in nets:
+                getattr(net, "release_buffers", lambda: None)()
+
+        fn.release_buffers = release_buffers
         return fn
 
     def predict(self, scan: np.ndarray, progress: bool = False, *, out: np.ndarray | None = None,
@@ -279,7 +327,7 @@ class PoreModel:
                 "normalisation": self.normalisation.to_dict(), "patch": self.patch, "overlap": self.overlap,
                 "weighting": self.weighting, "batch_size": self.batch_size, "postprocess": self.postprocess,
                 "residual": self.residual, "smooth": self.smooth, "skin": self.skin,
-                "threshold": self.threshold, "meta": self.meta}
+                "threshold": self.threshold, "members": self.members, "meta": self.meta}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/model.json`` and ``directory/weights.pt`` atomically (all or nothing)."""
@@ -326,7 +374,9 @@ class PoreModel:
                         skin=int(cfg.get("skin", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{cfg_path}: invalid model description ({type(exc).__name__}: {exc})") from None
-        model.net("cpu")  # fail now, with a clear message, if the weights do not fit
+        if isinstance(state, list) and len(state) != int(cfg.get("members", len(state))):
+            raise ModelError(f"{w_path}: {len(state)} nets, the description says {cfg.get('members')}")
+        model.nets("cpu")  # fail now, with a clear message, if the weights do not fit
         model._net = None
         return model
 

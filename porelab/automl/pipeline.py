@@ -21,6 +21,7 @@ Runs nest: parent → study → trial → fold. MLflow and Optuna are imported i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -71,8 +72,10 @@ def pipeline_context(profile, data, seed: int, *, workdir=None, progress: bool =
 # ----------------------------------------------------------------------------------------- registry
 def register_best(study, registered_name: str, ctx, *, extra_meta: dict | None = None,
                   policy: dict | None = None) -> dict:
-    """Register the study's best trial (its best fold's model, from the trial run's artifacts) on the
-    active run as ``registered_name``, then promote by the policy. Returns the promotion result.
+    """Register the study's best trial on the active run as ``registered_name``, then promote by the policy.
+    What is registered is its best fold's model or the ensemble of all its fold models, whichever validates
+    better (``porelab.automl.ensemble``; the models come from the trial's folder, else its run's
+    artifacts). Returns the promotion result, with ``registered_form`` and its reason.
 
     One trial, one version: a trial registered before (a re-run, a resumed study, another worker on the
     same study) reuses its version (``tracking.register_version``), and promotion is idempotent.
@@ -91,26 +94,47 @@ def register_best(study, registered_name: str, ctx, *, extra_meta: dict | None =
     tags = {tracking.TRIAL_RUN_TAG: run_id, "porelab.net": best.user_attrs.get("net") or best.params.get("net"),
             "porelab.study": study.study_name, "porelab.trial": best.number}
 
+    chosen: dict = {}
+
     def log_model() -> str:
+        from porelab.automl.ensemble import choose_form, fold_model_dirs
+
         local = Path(best.user_attrs.get("model_dir", ""))
         with tempfile.TemporaryDirectory() as tmp:
-            if not (local / "model.json").is_file():
+            if (local / "model.json").is_file():
+                dirs = fold_model_dirs(local)
+            else:
                 local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model",
                                                                  dst_path=tmp))
-            model = PoreModel.load(local)
+                dirs = [local]
+                with contextlib.suppress(Exception):    # runs logged before fold models were kept have none
+                    folds = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="folds",
+                                                                     dst_path=tmp))
+                    best_fold = f"fold{PoreModel.load(local).meta.get('fold')}"
+                    dirs += sorted(d for d in folds.glob("fold*") if d.name != best_fold)
+            model, choice = choose_form(ctx, [PoreModel.load(d) for d in dirs])
+            chosen.update(choice)
+            model.meta.update({"registered_form": choice["registered_form"], "form_choice": choice})
+            out = model.save(Path(tmp) / "registered")
             meta = {"threshold": model.threshold, "threshold_policy": model.meta.get("threshold_policy"),
                     "net": model.name, "net_kwargs": model.net_kwargs, "patch": model.patch,
                     "postprocess": model.postprocess, "kind": model.kind, "profile": ctx.profile.name,
                     "study": study.study_name, "trial": best.number, "trial_run": run_id,
                     "params": best.params, "metrics": {k: v for k, v in summary.items() if math.isfinite(v)},
+                    "registered_form": choice["registered_form"], "form_choice": choice,
                     "seed": ctx.seed, **(extra_meta or {})}
-            info = tracking.log_pore_model(local, name=registered_name.replace("porelab-", ""), metadata=meta)
+            info = tracking.log_pore_model(out, name=registered_name.replace("porelab-", ""), metadata=meta)
         return info.model_uri
 
     version, reused = tracking.register_version(registered_name, log_model,
                                                 {k: v for k, v in tags.items() if v is not None})
     result = tracking.promote(registered_name, version, value, policy=policy)
     result["reused"] = reused
+    if chosen:          # (a reused version was chosen when it was first registered)
+        result.update(registered_form=chosen["registered_form"], registered_form_why=chosen["why"])
+        kind = "unsupervised" if registered_name == UNSUPERVISED_NAME else "supervised"
+        mlflow.set_tag(f"porelab.registered_form.{kind}", f"{chosen['registered_form']}: {chosen['why']}"[:250])
+        tracking.log_metrics({f"{kind}_{k}": v for k, v in chosen.items() if k.startswith("ap_inj_")})
     return result
 
 

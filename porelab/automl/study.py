@@ -199,6 +199,8 @@ def objective(ctx: Context, kind: str, labels=None, clock=None):
             summary = mean_metrics(folds)
             tracking.log_metrics(summary)
             mlflow.log_artifacts(str(best_dir), artifact_path="model")
+            for fold_dir in sorted(Path(best_dir).parent.glob("fold*")):     # for a fold ensemble
+                mlflow.log_artifacts(str(fold_dir), artifact_path=f"folds/{fold_dir.name}")
             trial.set_user_attr("net", name)
             trial.set_user_attr("net_kwargs", net_kwargs)
             trial.set_user_attr("loss", loss)

@@ -1,0 +1,85 @@
+"""Fold ensembles: one PoreModel averaging the nets of a configuration's folds (mean probability / mean
+reconstruction), saved and loaded as one folder, and the registration's choice between it and the best fold."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from porelab.errors import ConfigError, ModelError
+from porelab.model import PoreModel
+from porelab.nets import build
+from porelab.normalise import Normalisation
+
+
+def _scan(rng, shape=(24, 40, 36)):
+    z, y, x = np.indices(shape)
+    part = ((y - shape[1] / 2) ** 2 + (x - shape[2] / 2) ** 2) < (0.35 * shape[1]) ** 2
+    pores = ((z - 12) ** 2 + (y - 20) ** 2 + (x - 18) ** 2) <= 6
+    scan = np.where(part & ~pores, 1200.0, 100.0) + rng.normal(0, 20, shape)
+    return scan.astype(np.float32)
+
+
+def _model(name, seed, scan, threshold=0.4):
+    torch.manual_seed(seed)
+    kw = {"scale": 0.125} if name == "unet" else {"scale": 0.125, "patch_size": 16}
+    return PoreModel.from_trained(build(name, **kw), name, Normalisation.fit(scan), "smoke", net_kwargs=kw,
+                                  patch=16, threshold=threshold)
+
+
+@pytest.fixture
+def scan():
+    return _scan(np.random.default_rng(3))
+
+
+def test_supervised_ensemble_scores_the_mean_probability_of_its_members(scan):
+    a, b = _model("unet", 1, scan), _model("unet", 2, scan)
+    ens = PoreModel.ensemble([a, b], threshold=0.3)
+    sa, sb, se = a.predict(scan), b.predict(scan), ens.predict(scan)
+    assert ens.members == 2 and ens.threshold == 0.3
+    assert not np.allclose(sa, sb)                     # the members differ, so the mean is a real test
+    np.testing.assert_allclose(se, (sa + sb) / 2, atol=2e-6)
+
+
+def test_unsupervised_ensemble_reconstructs_the_mean_of_its_members(scan):
+    a, b = _model("vae", 1, scan), _model("vae", 2, scan)
+    ens = PoreModel.ensemble([a, b])
+    ra, rb, re = a.reconstruct(scan), b.reconstruct(scan), ens.reconstruct(scan)
+    assert not np.allclose(ra, rb)
+    np.testing.assert_allclose(re, (ra + rb) / 2, atol=2e-6)
+    assert np.isfinite(ens.predict(scan)).all()
+
+
+def test_an_ensemble_round_trips_through_its_folder(tmp_path, scan):
+    ens = PoreModel.ensemble([_model("unet", 1, scan), _model("unet", 2, scan)], threshold=0.35,
+                             meta={"form": "fold ensemble"})
+    ens.save(tmp_path / "ens")
+    cfg = json.loads((tmp_path / "ens" / "model.json").read_text())
+    assert cfg["members"] == 2 and cfg["meta"]["form"] == "fold ensemble"
+    back = PoreModel.load(tmp_path / "ens")
+    assert back.members == 2 and back.threshold == 0.35
+    np.testing.assert_array_equal(back.predict(scan), ens.predict(scan))
+
+
+def test_members_must_share_the_architecture(scan):
+    unet = _model("unet", 1, scan)
+    wider = PoreModel.from_trained(build("unet", scale=0.25), "unet", Normalisation.fit(scan), "smoke",
+                                   net_kwargs={"scale": 0.25}, patch=16)
+    with pytest.raises(ConfigError, match="share net"):
+        PoreModel.ensemble([unet, wider])
+    with pytest.raises(ConfigError, match="at least one"):
+        PoreModel.ensemble([])
+
+
+def test_a_folder_whose_member_count_disagrees_is_refused(tmp_path, scan):
+    ens = PoreModel.ensemble([_model("unet", 1, scan), _model("unet", 2, scan)])
+    ens.save(tmp_path / "ens")
+    cfg_path = tmp_path / "ens" / "model.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["members"] = 3
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="2 nets, the description says 3"):
+        PoreModel.load(tmp_path / "ens")
