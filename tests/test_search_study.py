@@ -1,51 +1,18 @@
-"""Search spaces, the paper's grid, and the registry on a resumed study (one version per trial)."""
+"""Search spaces and the registry on a resumed study (one version per trial)."""
 
 from __future__ import annotations
-
-import itertools
 
 import mlflow
 import numpy as np
 import pytest
 
 from porelab.automl.spaces import (
-    PAPER_ALPHAS,
     PAPER_FTL_OPTIMUM,
-    PAPER_GAMMAS,
     first_trial,
     get_space,
-    paper_grid,
 )
-from porelab.automl.study import make_study
 from porelab.config import get_profile
 from porelab.errors import ConfigError
-
-
-def test_the_paper_grid_visits_every_net_alpha_beta_gamma_once():
-    """The paper profile's supervised study: GridSampler over nets × α × β × γ (Iuso et al. 2024, §4.3),
-    walked here at smoke sizes with a stand-in objective."""
-    import optuna
-
-    prof = get_profile("smoke")
-    prof = prof.replace(search=prof.search.__class__(**{**prof.search.__dict__, "grid": True,
-                                                        "supervised_nets": ("unet", "unetpp")}))
-    grid = paper_grid(prof)
-    assert PAPER_ALPHAS == pytest.approx((0.1, 0.3666667, 0.6333333, 0.9))
-    assert PAPER_GAMMAS == pytest.approx((1 / 3, 1 / 2, 2 / 3, 1, 4 / 3, 3 / 2, 5 / 3, 2))
-    seen = []
-
-    def objective(trial):
-        net, kwargs, loss = get_space("supervised")(trial, prof)
-        assert kwargs == {"scale": prof.net_scale}
-        seen.append((net, loss["alpha"], loss["beta"], loss["gamma"]))
-        return 0.0
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = make_study("grid", None, seed=0, grid=grid)
-    assert isinstance(study.sampler, optuna.samplers.GridSampler)
-    study.optimize(objective, n_trials=2 * 4 * 4 * 8 + 5)     # the grid stops the study when it is walked
-    assert len(seen) == 256 and len(set(seen)) == 256
-    assert set(seen) == set(itertools.product(("unet", "unetpp"), PAPER_ALPHAS, PAPER_ALPHAS, PAPER_GAMMAS))
 
 
 def test_spaces_by_name_and_the_profile_options_they_use():

@@ -106,12 +106,6 @@ def first_trial(kind: str, profile: Profile) -> dict:
     return params
 
 
-def paper_grid(profile: Profile) -> dict[str, list]:
-    """The supervised grid of the paper (§4.3) over the profile's supervised nets, for ``GridSampler``."""
-    return {"net": list(profile.search.supervised_nets), "alpha": list(PAPER_ALPHAS), "beta": list(PAPER_ALPHAS),
-            "gamma": list(PAPER_GAMMAS)}
-
-
 #: study kind → space; and the metric each study maximises: label-free, the AP of synthetic pores injected
 #: into the held-out scans (``porelab.crossval.score_fold``), after the post-processing for the VAEs
 SPACES = {"unsupervised": unsupervised_space, "supervised": supervised_space}
@@ -127,4 +121,4 @@ def get_space(kind: str):
 
 
 __all__ = ["MAIN_METRIC", "PAPER_ALPHAS", "PAPER_FTL_OPTIMUM", "PAPER_GAMMAS", "SPACES", "first_trial", "get_space",
-           "paper_grid", "suggest_lr", "supervised_space", "unsupervised_space"]
+           "suggest_lr", "supervised_space", "unsupervised_space"]

@@ -54,12 +54,12 @@ def len_folds(profile) -> int:
     return max(1, int(profile.folds))
 
 
-def make_study(name: str, storage, *, seed: int, grid: dict | None = None, pruner=None):
-    """Create or load (``load_if_exists``) a maximising study; TPE (seeded) or the given grid; ``pruner``
-    (default: successive halving with a first rung after 2 steps)."""
+def make_study(name: str, storage, *, seed: int, pruner=None):
+    """Create or load (``load_if_exists``) a maximising study; TPE (seeded); ``pruner`` (default: successive
+    halving with a first rung after 2 steps)."""
     import optuna
 
-    sampler = optuna.samplers.GridSampler(grid, seed=seed) if grid else optuna.samplers.TPESampler(seed=seed)
+    sampler = optuna.samplers.TPESampler(seed=seed)
     pruner = pruner or optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     return optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
                                pruner=pruner, load_if_exists=True)
