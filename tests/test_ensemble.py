@@ -83,3 +83,45 @@ def test_a_folder_whose_member_count_disagrees_is_refused(tmp_path, scan):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="2 nets, the description says 3"):
         PoreModel.load(tmp_path / "ens")
+
+
+def _fold_models(ctx, thresholds):
+    out = []
+    for i, t in enumerate(thresholds):
+        torch.manual_seed(10 + i)
+        out.append(PoreModel.from_trained(build("unet", scale=0.125), "unet", Normalisation.fit(ctx.cv[0].raw),
+                                          "smoke", net_kwargs={"scale": 0.125}, patch=16, threshold=t))
+    return out
+
+
+@pytest.mark.parametrize("margin", [-1.0, 1.0])
+def test_the_registered_form_follows_the_test_scans_injected_pores(monkeypatch, smoke_dataset, margin):
+    """With the margin forced either way, the ensemble (threshold: the mean of its members') or the best
+    fold (unchanged) is returned, and the choice records both APs on the test scan's injected pores."""
+    from porelab.automl import ensemble
+    from porelab.crossval import make_context
+
+    ctx = make_context("smoke", smoke_dataset.root, 0)
+    models = _fold_models(ctx, (0.2, 0.4))
+    monkeypatch.setattr(ensemble, "MARGIN", margin)
+    model, choice = ensemble.choose_form(ctx, models)
+    assert choice["scan"] == ctx.hard.name and choice["injected_pores"] > 0
+    assert 0 <= choice["ap_inj_best_fold"] <= 1 and 0 <= choice["ap_inj_fold_ensemble"] <= 1
+    if margin < 0:
+        assert model.members == 2 and model.threshold == pytest.approx(0.3)
+        assert choice["registered_form"].startswith("fold ensemble (2 models")
+    else:
+        assert model is models[0] and model.threshold == 0.2 and choice["registered_form"] == "best fold"
+
+
+def test_without_a_test_scan_the_best_fold_is_registered(smoke_dataset):
+    import dataclasses
+
+    from porelab.automl.ensemble import choose_form
+    from porelab.crossval import make_context
+
+    ctx = dataclasses.replace(make_context("smoke", smoke_dataset.root, 0), hard=None)
+    models = _fold_models(ctx, (0.2, 0.4))
+    model, choice = choose_form(ctx, models)
+    assert model is models[0] and "no test scan" in choice["why"]
+    assert choose_form(ctx, models[:1])[1]["why"] == "one fold model"
