@@ -271,7 +271,7 @@ def _quick() -> Profile:
                                       width_range=(0.5, 1.0), net_widths=dict(QUICK_NET_WIDTHS),
                                       lr_range=(2e-4, 1.5e-3), n_trials_unsupervised=0, n_trials_supervised=0,
                                       grid=False, heuristic_comparison=False, time_budget=30.0,
-                                      unsupervised_share=0.4))
+                                      unsupervised_share=0.3))
 
 
 def _paper() -> Profile:
