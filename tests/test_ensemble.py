@@ -8,19 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_model import _scan  # the same small part with one pore
 
 from porelab.errors import ConfigError, ModelError
 from porelab.model import PoreModel
 from porelab.nets import build
 from porelab.normalise import Normalisation
-
-
-def _scan(rng, shape=(24, 40, 36)):
-    z, y, x = np.indices(shape)
-    part = ((y - shape[1] / 2) ** 2 + (x - shape[2] / 2) ** 2) < (0.35 * shape[1]) ** 2
-    pores = ((z - 12) ** 2 + (y - 20) ** 2 + (x - 18) ** 2) <= 6
-    scan = np.where(part & ~pores, 1200.0, 100.0) + rng.normal(0, 20, shape)
-    return scan.astype(np.float32)
 
 
 def _model(name, seed, scan, threshold=0.4):

@@ -102,17 +102,17 @@ def register_best(study, registered_name: str, ctx, *, extra_meta: dict | None =
         local = Path(best.user_attrs.get("model_dir", ""))
         with tempfile.TemporaryDirectory() as tmp:
             if (local / "model.json").is_file():
-                dirs = fold_model_dirs(local)
+                models = [PoreModel.load(d) for d in fold_model_dirs(local)]
             else:
                 local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model",
                                                                  dst_path=tmp))
-                dirs = [local]
+                models = [PoreModel.load(local)]
                 with contextlib.suppress(Exception):    # runs logged before fold models were kept have none
                     folds = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="folds",
                                                                      dst_path=tmp))
-                    best_fold = f"fold{PoreModel.load(local).meta.get('fold')}"
-                    dirs += sorted(d for d in folds.glob("fold*") if d.name != best_fold)
-            model, choice = choose_form(ctx, [PoreModel.load(d) for d in dirs])
+                    best_fold = f"fold{models[0].meta.get('fold')}"
+                    models += [PoreModel.load(d) for d in sorted(folds.glob("fold*")) if d.name != best_fold]
+            model, choice = choose_form(ctx, models)
             chosen.update(choice)
             model.meta.update({"registered_form": choice["registered_form"], "form_choice": choice})
             out = model.save(Path(tmp) / "registered")
