@@ -152,3 +152,34 @@ def test_unknown_row_lists_the_registered_names():
     for name in baselines.NAMES:
         assert name in str(e.value)
     assert len(baselines.NAMES) == 4
+
+
+def test_figures_use_classical_scores_computed_before_and_fit_only_without_them(smoke_dataset, fitted,
+                                                                               profile, tmp_path, monkeypatch):
+    """The search computes the classical rows' figure scores in its ``classical_rows`` phase; the summary's
+    PR/ROC figure then reuses them and fits nothing. Without them the figure fits every row once."""
+    from porelab.crossval import load_scans
+    from porelab.reporting import figures
+
+    cv, hard, _, refs = load_scans(smoke_dataset.root)
+    calls = []
+
+    def fit_all(train, prof, **kw):
+        calls.append([s.name for s in train])
+        return fitted
+
+    monkeypatch.setattr(baselines, "fit_all", fit_all)
+    precomputed = figures.classical_scores([hard], cv, profile)
+    assert calls == [[s.name for s in cv]]
+    assert set(precomputed[hard.name]) == set(baselines.NAMES)
+    for name, score in precomputed[hard.name].items():
+        np.testing.assert_array_equal(score, fitted[name](hard))
+
+    calls.clear()
+    paths = figures.model_curves([hard], {}, tmp_path / "a", profile=profile, train_scans=cv, references=refs,
+                                 classical=precomputed)
+    assert calls == [] and [p.name for p in paths] == [f"pr_roc_{hard.name}.png"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG"
+
+    paths = figures.model_curves([hard], {}, tmp_path / "b", profile=profile, train_scans=cv, references=refs)
+    assert calls == [[s.name for s in cv]] and paths[0].exists()

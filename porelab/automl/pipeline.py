@@ -229,6 +229,22 @@ def log_tables(ctx: Context, unsup_study, sup_study, heuristic_folds: list[dict]
         mlflow.log_text(text, path)
 
 
+def curve_scans(ctx: Context) -> list:
+    """The scans of the production models' PR/ROC figures: the hard scan and the first cv scan, if labelled."""
+    return [s for s in (ctx.hard, ctx.cv[0]) if s is not None and s.name in ctx.references]
+
+
+def classical_curves(ctx: Context) -> dict:
+    """The classical rows fitted on every cv scan and scored on ``curve_scans`` (cached on the context).
+    Computed in the ``classical_rows`` phase, before the studies are planned: the summary's figures then cost
+    only the two production models' inference, which the budget's tail estimate counts."""
+    from porelab.reporting.figures import classical_scores
+
+    if "classical_curves" not in ctx.cache:
+        ctx.cache["classical_curves"] = classical_scores(curve_scans(ctx), ctx.cv, ctx.profile)
+    return ctx.cache["classical_curves"]
+
+
 def log_registered_curves(ctx: Context) -> None:
     """PR/ROC plots of both production models on the hard scan and the first cv scan, on the active run."""
     import mlflow
@@ -236,11 +252,11 @@ def log_registered_curves(ctx: Context) -> None:
     from porelab import tracking
     from porelab.reporting.figures import model_curves
 
-    scans = [s for s in (ctx.hard, ctx.cv[0]) if s is not None]
+    scans = curve_scans(ctx)
     models = {f"{name} (production)": tracking.resolve_model(name) for name in (UNSUPERVISED_NAME, SUPERVISED_NAME)}
     with tempfile.TemporaryDirectory() as tmp:
         for png in model_curves(scans, models, tmp, profile=ctx.profile, train_scans=ctx.cv,
-                                references=ctx.references):
+                                references=ctx.references, classical=classical_curves(ctx)):
             mlflow.log_artifact(str(png), "plots")
 
 
@@ -330,6 +346,7 @@ def run_search(profile: str = "quick", data=None, n_trials: int | None = None, s
                 from porelab.baselines import baseline_rows
 
                 baseline_rows(ctx)
+                classical_curves(ctx)
             n_unsup = n_trials or space.n_trials_unsupervised or None
             n_sup = n_trials or space.n_trials_supervised or None
             commit = tracking.git_commit()
@@ -503,5 +520,5 @@ def run_cv(net: str, profile: str = "quick", data=None, labels: str = "truth", s
 
 
 __all__ = ["SUPERVISED_NAME", "UNSUPERVISED_NAME", "ensure_dataset", "heuristic_comparison", "log_pseudo_labels",
-           "log_registered_curves", "log_tables", "model_pseudo_labels", "pipeline_context", "register_best",
+           "classical_curves", "curve_scans", "log_registered_curves", "log_tables", "model_pseudo_labels", "pipeline_context", "register_best",
            "run_cv", "run_retrain", "run_search", "use_experiment"]
