@@ -519,6 +519,21 @@ def run_cv(net: str, profile: str = "quick", data=None, labels: str = "truth", s
             **{k: v for k, v in summary.items() if math.isfinite(v)}}
 
 
-__all__ = ["SUPERVISED_NAME", "UNSUPERVISED_NAME", "ensure_dataset", "heuristic_comparison", "log_pseudo_labels",
-           "classical_curves", "curve_scans", "log_registered_curves", "log_tables", "model_pseudo_labels", "pipeline_context", "register_best",
-           "run_cv", "run_retrain", "run_search", "use_experiment"]
+__all__ = [
+    "SUPERVISED_NAME",
+    "UNSUPERVISED_NAME",
+    "classical_curves",
+    "curve_scans",
+    "ensure_dataset",
+    "heuristic_comparison",
+    "log_pseudo_labels",
+    "log_registered_curves",
+    "log_tables",
+    "model_pseudo_labels",
+    "pipeline_context",
+    "register_best",
+    "run_cv",
+    "run_retrain",
+    "run_search",
+    "use_experiment",
+]
